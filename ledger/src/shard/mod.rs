@@ -1,0 +1,371 @@
+//! The shard: the single writer of its accounts. `apply(now, inputs)` is the whole
+//! product logic as a deterministic state machine: the same inputs from the same state
+//! give the same effects, byte for byte.
+
+mod admin;
+mod recharge;
+mod snapshot;
+mod usage;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+pub use snapshot::SnapshotError;
+
+use crate::account::Account;
+use crate::catalog::Catalog;
+use crate::dedup::{DedupConfig, DedupWindow};
+use crate::effects::{
+    AccountHandle, Effects, EntryKind, LedgerEntry, Outcome, RechargeCommand, Reference,
+};
+use crate::ids::{
+    CreditTypeId, CustomerId, GrantId, IdempotencyKey, PaymentMethodId, PlanId, ProductId,
+};
+use crate::input::Input;
+use crate::rejection::Rejection;
+use crate::time::TimestampMs;
+
+/// Settings of a shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardConfig {
+    /// The usage-event deduplication window.
+    pub dedup: DedupConfig,
+}
+
+/// A customer of this shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    /// Its id.
+    pub id: CustomerId,
+    /// Default payment method.
+    pub payment_method: Option<PaymentMethodId>,
+    /// Its accounts: (credit type index, account index).
+    pub(crate) accounts: Vec<(u32, u32)>,
+    /// Number of the next grant.
+    pub(crate) next_grant: u64,
+    /// Rarely used fields, boxed to keep idle customers small.
+    pub(crate) details: Option<Box<CustomerDetails>>,
+}
+
+/// A customer's subscription to a product.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// The plan.
+    pub plan: PlanId,
+    /// When it started.
+    pub started_at: TimestampMs,
+    /// The grant it made.
+    pub grant: GrantId,
+}
+
+/// A customer's rarely used fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerDetails {
+    /// Display name.
+    pub name: Option<String>,
+    /// Email.
+    pub email: Option<String>,
+    /// Grant idempotency keys and what they made: (account index, grant).
+    pub(crate) grant_keys: BTreeMap<IdempotencyKey, (u32, GrantId)>,
+    /// Active subscriptions by product.
+    pub subscriptions: BTreeMap<ProductId, Subscription>,
+}
+
+impl Customer {
+    /// Its rarely used fields, if any were set.
+    pub fn details(&self) -> Option<&CustomerDetails> {
+        self.details.as_deref()
+    }
+}
+
+/// One shard's state.
+#[derive(Clone, Debug)]
+pub struct Shard {
+    config: ShardConfig,
+    clock: TimestampMs,
+    batch: u64,
+    catalog: Catalog,
+    customers: Vec<Customer>,
+    customer_index: FxHashMap<CustomerId, u32>,
+    accounts: Vec<Account>,
+    dedup: DedupWindow,
+    /// Live grants with an expiry: (expires_at, account, grant). Entries of grants that
+    /// were emptied or voided stay until due and are then skipped.
+    expiries: BTreeSet<(TimestampMs, u32, GrantId)>,
+    /// Accounts paused for their spend limit, woken at the period's end.
+    wakeups: BTreeSet<(TimestampMs, u32)>,
+    /// Accounts touched by the current batch, in order of first touch.
+    touched: Vec<u32>,
+}
+
+impl Shard {
+    /// An empty shard whose clock starts at `now`.
+    pub fn new(config: ShardConfig, now: TimestampMs) -> Self {
+        Self {
+            config,
+            clock: now,
+            batch: 0,
+            catalog: Catalog::default(),
+            customers: Vec::new(),
+            customer_index: FxHashMap::default(),
+            accounts: Vec::new(),
+            dedup: DedupWindow::new(config.dedup, now),
+            expiries: BTreeSet::new(),
+            wakeups: BTreeSet::new(),
+            touched: Vec::new(),
+        }
+    }
+
+    /// Applies a batch of inputs at `now` and returns its effects.
+    pub fn apply(&mut self, now: TimestampMs, inputs: &[Input]) -> Effects {
+        let mut effects = Effects::default();
+        self.apply_into(now, inputs, &mut effects);
+        effects
+    }
+
+    /// Applies a batch of inputs at `now`, writing its effects into `fx` (cleared first).
+    ///
+    /// The clock never goes back: a `now` before the last batch's is taken as the last.
+    pub fn apply_into(&mut self, now: TimestampMs, inputs: &[Input], fx: &mut Effects) {
+        assert!(
+            u32::try_from(inputs.len()).is_ok(),
+            "a batch holds at most u32::MAX inputs"
+        );
+        fx.clear();
+        let now = now.max(self.clock);
+        self.clock = now;
+        self.batch += 1;
+        fx.batch = self.batch;
+        self.dedup.rotate_if_due(now);
+        self.run_timers(now, fx);
+        for (index, input) in (0_u32..).zip(inputs) {
+            match input {
+                Input::Usage(event) => self.apply_usage(index, event, fx),
+                other => {
+                    if let Err(rejection) = self.apply_command(index, other, now, fx) {
+                        fx.inputs_rejected += 1;
+                        fx.outcomes.push((index, Outcome::Rejected(rejection)));
+                    }
+                }
+            }
+        }
+        self.finish_batch(now, fx);
+    }
+
+    fn apply_command(
+        &mut self,
+        index: u32,
+        input: &Input,
+        now: TimestampMs,
+        fx: &mut Effects,
+    ) -> Result<(), Rejection> {
+        match input {
+            Input::Usage(_) => unreachable!("usage takes the hot path"),
+            Input::PutCreditType(credit_type) => self.catalog.put_credit_type(credit_type.clone()),
+            Input::PutFeature(feature) => self.catalog.put_feature(feature.clone()),
+            Input::PutProduct(product) => {
+                self.catalog.put_product(product.clone());
+                Ok(())
+            }
+            Input::PutPlan(plan) => self.catalog.put_plan(plan.clone()),
+            Input::PutCustomer(update) => {
+                self.put_customer(update, now, fx);
+                Ok(())
+            }
+            Input::Subscribe(request) => self.subscribe(index, request, now, fx),
+            Input::Grant(request) => self.grant(index, request, now, fx),
+            Input::VoidGrant { customer, grant } => {
+                self.void_grant(index, customer, *grant, now, fx)
+            }
+            Input::SetAutoRecharge {
+                customer,
+                credit_type,
+                settings,
+            } => self.set_auto_recharge(customer, credit_type, settings, now, fx),
+            Input::RechargeOutcome(outcome) => self.apply_recharge_outcome(index, outcome, now, fx),
+            Input::Tick => Ok(()),
+        }
+    }
+
+    /// Rolls up usage, checks every touched account and decides recharges, once per batch.
+    fn finish_batch(&mut self, now: TimestampMs, fx: &mut Effects) {
+        let touched = std::mem::take(&mut self.touched);
+        for &account_index in &touched {
+            self.flush_usage(account_index, now, fx);
+            self.accounts[account_index as usize].assert_conserved();
+            self.decide(account_index, now, fx);
+            fx.changed.push(AccountHandle(account_index));
+        }
+        self.touched = touched;
+        self.touched.clear();
+    }
+
+    /// Marks an account changed by this batch.
+    #[inline]
+    fn touch(&mut self, account_index: u32) {
+        let scratch = &mut self.accounts[account_index as usize].scratch;
+        if scratch.touched_batch != self.batch {
+            scratch.touched_batch = self.batch;
+            scratch.pending_events = 0;
+            self.touched.push(account_index);
+        }
+    }
+
+    /// Writes the account's pending usage as one ledger entry, so that any other entry
+    /// after it sees a ledger whose amounts sum to the balance.
+    fn flush_usage(&mut self, account_index: u32, at: TimestampMs, fx: &mut Effects) {
+        let batch = self.batch;
+        let account = &mut self.accounts[account_index as usize];
+        if account.scratch.pending_events == 0 {
+            return;
+        }
+        let scratch = account.scratch;
+        account.scratch.pending_events = 0;
+        account.scratch.pending_usage_micros = 0;
+        let seq = account.next_entry_seq();
+        fx.entries.push(LedgerEntry {
+            account: AccountHandle(account_index),
+            seq,
+            at,
+            kind: EntryKind::Usage,
+            amount: crate::amount::Credits::from_micros(-scratch.pending_usage_micros),
+            balance_after: account.balance(),
+            reference: Reference::Usage {
+                batch,
+                first_input: scratch.pending_first,
+                last_input: scratch.pending_last,
+                events: scratch.pending_events,
+            },
+        });
+    }
+
+    /// The account of (customer, credit type), created on first sight.
+    fn account_for(&mut self, customer: &CustomerId, credit_type: u32) -> u32 {
+        let customer_index = self.customer_for(customer);
+        self.account_of_customer(customer_index, credit_type)
+    }
+
+    fn account_of_customer(&mut self, customer_index: u32, credit_type: u32) -> u32 {
+        let customer = &mut self.customers[customer_index as usize];
+        if let Some(&(_, account)) = customer.accounts.iter().find(|(ct, _)| *ct == credit_type) {
+            return account;
+        }
+        let account =
+            u32::try_from(self.accounts.len()).expect("fewer than 2^32 accounts per shard");
+        customer.accounts.push((credit_type, account));
+        self.accounts
+            .push(Account::new(customer_index, credit_type));
+        account
+    }
+
+    /// The customer, created on first sight.
+    fn customer_for(&mut self, id: &CustomerId) -> u32 {
+        if let Some(&index) = self.customer_index.get(id.as_str()) {
+            return index;
+        }
+        let index =
+            u32::try_from(self.customers.len()).expect("fewer than 2^32 customers per shard");
+        self.customers.push(Customer {
+            id: id.clone(),
+            payment_method: None,
+            accounts: Vec::new(),
+            next_grant: 1,
+            details: None,
+        });
+        self.customer_index.insert(id.clone(), index);
+        index
+    }
+
+    // ---- read side -------------------------------------------------------------------
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The shard's clock: the `now` of the last batch.
+    pub fn clock(&self) -> TimestampMs {
+        self.clock
+    }
+
+    /// Batches applied so far.
+    pub fn batch(&self) -> u64 {
+        self.batch
+    }
+
+    /// Settings.
+    pub fn config(&self) -> ShardConfig {
+        self.config
+    }
+
+    /// Number of accounts.
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Number of customers.
+    pub fn customer_count(&self) -> usize {
+        self.customers.len()
+    }
+
+    /// Usage ids held by the dedup window.
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.len()
+    }
+
+    /// An account by handle.
+    pub fn account(&self, handle: AccountHandle) -> &Account {
+        &self.accounts[handle.0 as usize]
+    }
+
+    /// All accounts with their handles, in handle order.
+    pub fn accounts(&self) -> impl Iterator<Item = (AccountHandle, &Account)> {
+        (0_u32..)
+            .zip(&self.accounts)
+            .map(|(index, account)| (AccountHandle(index), account))
+    }
+
+    /// The customer that owns an account.
+    pub fn customer_of(&self, handle: AccountHandle) -> &Customer {
+        &self.customers[self.account(handle).customer as usize]
+    }
+
+    /// The credit type of an account.
+    pub fn credit_type_of(&self, handle: AccountHandle) -> &CreditTypeId {
+        &self
+            .catalog
+            .credit_type_at(self.account(handle).credit_type)
+            .id
+    }
+
+    /// A customer by id.
+    pub fn customer(&self, id: &str) -> Option<&Customer> {
+        self.customer_index
+            .get(id)
+            .map(|&index| &self.customers[index as usize])
+    }
+
+    /// The account of (customer, credit type), if it exists.
+    pub fn find_account(&self, customer: &str, credit_type: &str) -> Option<AccountHandle> {
+        let credit_type = self
+            .catalog
+            .credit_type_index(&CreditTypeId::new(credit_type).ok()?)?;
+        let customer = self.customer(customer)?;
+        customer
+            .accounts
+            .iter()
+            .find(|(ct, _)| *ct == credit_type)
+            .map(|&(_, account)| AccountHandle(account))
+    }
+
+    /// Recharge commands in flight, to publish again after a restart (the recharger
+    /// applies each command id once).
+    pub fn in_flight_commands(&self) -> Vec<RechargeCommand> {
+        self.accounts
+            .iter()
+            .filter_map(|account| account.auto.as_ref()?.in_flight.clone())
+            .collect()
+    }
+}
