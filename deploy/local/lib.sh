@@ -52,6 +52,14 @@ die() {
 tail_log() {
   local f=$1 n=${2:-40}
   if [[ -s $f ]]; then
+    local errs
+    # error lines of the latest run only (launch appends a "==== ... deploy/local/up:" marker)
+    errs=$(awk '/^==== .* deploy\/local\/up: /{n=0} {l[n++]=$0} END{for(i=0;i<n;i++) print l[i]}' "$f" |
+      grep -E '(^| )(ERROR|FATAL)( |\[)|Caused by:|Exception:' | tail -n 6 || true)
+    if [[ -n $errs ]]; then
+      printf '       ---- error lines in %s ----\n' "$f" >&2
+      cut -c1-300 <<<"$errs" | sed 's/^/       ! /' >&2
+    fi
     printf '       ---- last %s lines of %s ----\n' "$n" "$f" >&2
     tail -n "$n" "$f" | sed 's/^/       | /' >&2
     printf '       ----\n' >&2

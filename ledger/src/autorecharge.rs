@@ -119,8 +119,12 @@ pub struct AutoRecharge {
     pub in_flight: Option<RechargeCommand>,
     /// The current spend period.
     pub period: SpendPeriod,
-    /// Successful recharge cost in `period`, in minor units of the limit's currency.
+    /// Successful recharge cost in `period`, in minor units of the limit's currency:
+    /// Σ over `recent` of the recharges issued inside the period.
     pub spend_this_period_minor: i64,
+    /// Successful recharges of the last two months, so spend can be counted exactly for
+    /// any period, even after the reset kind changes mid-period.
+    pub recent: Vec<SpentRecharge>,
     /// Successful recharges in `period`.
     pub recharges_this_period: u32,
     /// Consumption total at the start of `period` (micro-credits).
@@ -131,7 +135,51 @@ pub struct AutoRecharge {
     pub warned_percent: u8,
 }
 
+/// A successful recharge, kept for spend accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpentRecharge {
+    /// When its command was issued: the instant that places it in a period.
+    pub issued_at: TimestampMs,
+    /// What it cost, in minor units.
+    pub cost_minor: i64,
+}
+
+/// How long successful recharges are kept: longer than the longest period (a month).
+const SPEND_HISTORY_MS: i64 = 62 * 86_400_000;
+
 impl AutoRecharge {
+    /// Moves to `period` and counts its spend from the history.
+    pub(crate) fn enter_period(&mut self, period: SpendPeriod) {
+        self.period = period;
+        self.recount();
+    }
+
+    /// Records a successful recharge and recounts the current period.
+    pub(crate) fn record_success(
+        &mut self,
+        issued_at: TimestampMs,
+        cost_minor: i64,
+        now: TimestampMs,
+    ) {
+        self.recent.push(SpentRecharge {
+            issued_at,
+            cost_minor,
+        });
+        self.recent
+            .retain(|spent| spent.issued_at.0 >= now.0.saturating_sub(SPEND_HISTORY_MS));
+        self.recount();
+    }
+
+    fn recount(&mut self) {
+        let period = self.period;
+        let inside = self
+            .recent
+            .iter()
+            .filter(|spent| period.contains(spent.issued_at));
+        self.spend_this_period_minor = inside.clone().map(|spent| spent.cost_minor).sum();
+        self.recharges_this_period = u32::try_from(inside.count()).unwrap_or(u32::MAX);
+    }
+
     /// The status the API shows.
     pub fn status(&self) -> AutoRechargeStatus {
         match (self.settings.enabled, self.paused) {
@@ -282,6 +330,7 @@ pub(crate) fn new_state(
         in_flight: None,
         period,
         spend_this_period_minor: 0,
+        recent: Vec::new(),
         recharges_this_period: 0,
         consumed_at_period_start: consumed,
         last_skip: None,

@@ -14,6 +14,7 @@ pub mod input;
 pub mod money;
 pub mod rejection;
 pub mod shard;
+pub mod sim;
 pub mod spend;
 pub mod testkit;
 pub mod time;

@@ -2,8 +2,9 @@
 //! reserved against the period's limit before any charge, so concurrent or replayed
 //! commands can never pass the limit nor pay twice.
 //!
-//! The CQL adapter implements the same steps with lightweight transactions; the simulator
-//! and the embedded engine use this in-memory book.
+//! Spend in a period is the cost of the recharges issued inside it (reserved or charged),
+//! whatever reset kind was in force when each was issued. The CQL adapter implements the
+//! same steps with lightweight transactions; the simulator uses this in-memory book.
 
 use std::collections::BTreeMap;
 
@@ -14,16 +15,7 @@ use crate::effects::RechargeCommand;
 use crate::ids::{CommandId, CreditTypeId, CustomerId};
 use crate::input::RechargeResult;
 use crate::money::Money;
-use crate::time::TimestampMs;
-
-/// The spend row of one (customer, credit type, period).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeriodSpend {
-    /// Charged and settled, in minor units.
-    pub spent_minor: i64,
-    /// Reserved by commands being charged, in minor units.
-    pub reserved_minor: i64,
-}
+use crate::time::{SpendPeriod, TimestampMs};
 
 /// Where a command stands in the book.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,13 +46,21 @@ pub enum Begin {
     Finished(RechargeResult),
 }
 
-type PeriodKey = (CustomerId, CreditTypeId, TimestampMs);
+type AccountKey = (CustomerId, CreditTypeId);
 
-/// Command ids applied and spend per period.
+/// One reserved or charged recharge of an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SpendLine {
+    command: CommandId,
+    issued_at: TimestampMs,
+    cost_minor: i64,
+}
+
+/// Command ids applied and spend per account.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpendBook {
-    commands: BTreeMap<CommandId, (PeriodKey, CommandState)>,
-    periods: BTreeMap<PeriodKey, PeriodSpend>,
+    commands: BTreeMap<CommandId, CommandState>,
+    spend: BTreeMap<AccountKey, Vec<SpendLine>>,
 }
 
 impl SpendBook {
@@ -68,7 +68,7 @@ impl SpendBook {
     /// command's limit, cutting to whole credits if needed; later deliveries get the same
     /// answer.
     pub fn begin(&mut self, command: &RechargeCommand) -> Begin {
-        if let Some((_, state)) = self.commands.get(&command.id) {
+        if let Some(state) = self.commands.get(&command.id) {
             return match state {
                 CommandState::Reserved { credits, cost } => Begin::Charge {
                     credits: *credits,
@@ -77,13 +77,9 @@ impl SpendBook {
                 CommandState::Done(result) => Begin::Finished(result.clone()),
             };
         }
-        let key = (
-            command.id.customer.clone(),
-            command.id.credit_type.clone(),
-            command.period.start,
-        );
-        let row = self.periods.entry(key.clone()).or_default();
-        let headroom = command.spend_limit.minor_units - row.spent_minor - row.reserved_minor;
+        let key = (command.id.customer.clone(), command.id.credit_type.clone());
+        let spent = self.spent_in(&key.0, &key.1, command.period);
+        let headroom = command.spend_limit.minor_units - spent;
         let (credits, cost) = if command.cost.minor_units <= headroom {
             (command.credits, command.cost)
         } else {
@@ -99,51 +95,50 @@ impl SpendBook {
                 Some(cost) if credits.is_positive() => (credits, cost),
                 _ => {
                     let result = RechargeResult::SpendLimitReached;
-                    self.commands.insert(
-                        command.id.clone(),
-                        (key, CommandState::Done(result.clone())),
-                    );
+                    self.commands
+                        .insert(command.id.clone(), CommandState::Done(result.clone()));
                     return Begin::Finished(result);
                 }
             }
         };
         assert!(
-            row.spent_minor + row.reserved_minor + cost.minor_units
-                <= command.spend_limit.minor_units,
+            spent + cost.minor_units <= command.spend_limit.minor_units,
             "a reservation never passes the limit"
         );
-        row.reserved_minor += cost.minor_units;
-        self.commands.insert(
-            command.id.clone(),
-            (key, CommandState::Reserved { credits, cost }),
-        );
+        self.spend.entry(key).or_default().push(SpendLine {
+            command: command.id.clone(),
+            issued_at: command.issued_at,
+            cost_minor: cost.minor_units,
+        });
+        self.commands
+            .insert(command.id.clone(), CommandState::Reserved { credits, cost });
         Begin::Charge { credits, cost }
     }
 
-    /// Settles a reserved command with the gateway's answer: a charge moves the reservation
-    /// to spent, a decline releases it. Returns the final result (the first one wins).
+    /// Settles a reserved command with the gateway's answer: a charge keeps the spend, a
+    /// decline releases it. Returns the final result (the first one wins).
     pub fn finish(
         &mut self,
         id: &CommandId,
         charged: bool,
         decline_code: &str,
     ) -> Option<RechargeResult> {
-        let (key, state) = self.commands.get_mut(id)?;
+        let state = self.commands.get_mut(id)?;
         let CommandState::Reserved { credits, cost } = state.clone() else {
             let CommandState::Done(result) = state else {
-                unreachable!()
+                unreachable!("two states")
             };
             return Some(result.clone());
         };
-        let row = self
-            .periods
-            .get_mut(key)
-            .expect("a reserved command has its period row");
-        row.reserved_minor -= cost.minor_units;
         let result = if charged {
-            row.spent_minor += cost.minor_units;
             RechargeResult::Charged { credits, cost }
         } else {
+            if let Some(lines) = self
+                .spend
+                .get_mut(&(id.customer.clone(), id.credit_type.clone()))
+            {
+                lines.retain(|line| line.command != *id);
+            }
             RechargeResult::Declined {
                 code: decline_code.to_owned(),
             }
@@ -152,21 +147,26 @@ impl SpendBook {
         Some(result)
     }
 
-    /// The spend row of a period.
-    pub fn period(
+    /// Spend reserved or charged for recharges issued inside `period`, in minor units.
+    pub fn spent_in(
         &self,
         customer: &CustomerId,
         credit_type: &CreditTypeId,
-        start: TimestampMs,
-    ) -> PeriodSpend {
-        self.periods
-            .get(&(customer.clone(), credit_type.clone(), start))
-            .copied()
-            .unwrap_or_default()
+        period: SpendPeriod,
+    ) -> i64 {
+        self.spend
+            .get(&(customer.clone(), credit_type.clone()))
+            .map_or(0, |lines| {
+                lines
+                    .iter()
+                    .filter(|line| period.contains(line.issued_at))
+                    .map(|line| line.cost_minor)
+                    .sum()
+            })
     }
 
     /// Where a command stands.
     pub fn command(&self, id: &CommandId) -> Option<&CommandState> {
-        self.commands.get(id).map(|(_, state)| state)
+        self.commands.get(id)
     }
 }

@@ -1,1 +1,30 @@
-fn main() {}
+//! The `refill` binary: a thin layer that parses the command line and hands each command
+//! to the crate that does the work.
+
+mod simulate;
+
+use clap::{Parser, Subcommand};
+
+/// Refill: prepaid usage credits with auto-recharge.
+#[derive(Parser)]
+#[command(name = "refill", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the deterministic simulator: random workloads with crashes, duplicate and
+    /// late deliveries, declines and timeouts, checking every invariant after every batch.
+    ///
+    /// A failure prints the seed, the step and the first broken invariant; `--seed S`
+    /// replays exactly that run.
+    Simulate(simulate::SimulateArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Simulate(args) => simulate::run(&args),
+    }
+}

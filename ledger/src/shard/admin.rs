@@ -317,12 +317,12 @@ impl Shard {
             Some(auto) => {
                 let old = std::mem::replace(&mut auto.settings, settings.clone());
                 if old.reset != settings.reset {
-                    // The spend so far carries into the new period: it may only make the limit
-                    // stricter, never let it be passed.
-                    auto.period =
-                        SpendPeriod::containing(settings.reset, now).map_err(|error| {
-                            Rejection::invalid("spend_limit_reset", error.to_string())
-                        })?;
+                    // Spend is counted from the recharges issued inside the new period, so
+                    // switching from a month to a day keeps today's spend and no more.
+                    let period = SpendPeriod::containing(settings.reset, now).map_err(|error| {
+                        Rejection::invalid("spend_limit_reset", error.to_string())
+                    })?;
+                    auto.enter_period(period);
                     auto.warned_percent = 0;
                 }
                 let re_enabled = !old.enabled && settings.enabled;

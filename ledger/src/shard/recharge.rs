@@ -241,21 +241,18 @@ impl Shard {
                 )?;
                 let auto = auto_of(&mut self.accounts[account_index as usize]);
                 auto.in_flight = None;
-                if command.period == auto.period {
-                    auto.spend_this_period_minor += cost.minor_units;
-                    auto.recharges_this_period += 1;
-                    let level = warning_percent(
-                        auto.spend_this_period_minor,
-                        auto.settings.spend_limit.minor_units,
-                    );
-                    if level > auto.warned_percent {
-                        auto.warned_percent = level;
-                        fx.notifications.push(Notification {
-                            account: handle,
-                            at: now,
-                            kind: NotificationKind::SpendLimitWarning { percent: level },
-                        });
-                    }
+                auto.record_success(command.issued_at, cost.minor_units, now);
+                let level = warning_percent(
+                    auto.spend_this_period_minor,
+                    auto.settings.spend_limit.minor_units,
+                );
+                if level > auto.warned_percent {
+                    auto.warned_percent = level;
+                    fx.notifications.push(Notification {
+                        account: handle,
+                        at: now,
+                        kind: NotificationKind::SpendLimitWarning { percent: level },
+                    });
                 }
                 fx.attempts.push(RechargeAttempt {
                     account: handle,
@@ -375,9 +372,7 @@ fn roll_period(
     let Ok(period) = SpendPeriod::containing(auto.settings.reset, now) else {
         return;
     };
-    auto.period = period;
-    auto.spend_this_period_minor = 0;
-    auto.recharges_this_period = 0;
+    auto.enter_period(period);
     auto.consumed_at_period_start = consumed;
     auto.warned_percent = 0;
     if auto.paused == Some(PauseReason::SpendLimitReached) {

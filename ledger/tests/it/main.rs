@@ -1,1 +1,4 @@
 mod core_example;
+mod grants;
+mod props;
+mod simulation;
