@@ -1,0 +1,5 @@
+//! The integration tests of refill-store, in one binary: the conformance body against
+//! `Embedded`, what is particular to `Embedded`, and the kill -9 durability test.
+
+mod crash;
+mod embedded;
