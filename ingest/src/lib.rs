@@ -1,3 +1,12 @@
-//! Event intake, the imperative shell around the ledger core: log consumers, the
-//! partition → shard assignment, the lock-free balance table, the batching flusher and the
-//! HTTP API. Not built yet: this crate holds the place of the `refill serve` issue (#4).
+//! Event intake, the imperative shell around the ledger core: shard workers over the log,
+//! the lock-free balance table, the store rows of the read side, and the HTTP API.
+
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod num;
+pub mod openapi;
+pub mod page;
+pub mod rows;
+pub mod views;
+pub mod wire;

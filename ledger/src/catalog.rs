@@ -316,6 +316,13 @@ impl Catalog {
         self.plans.get(id)
     }
 
+    /// Ids of every feature, sorted.
+    pub fn feature_ids(&self) -> Vec<FeatureId> {
+        let mut ids: Vec<FeatureId> = self.features.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     /// Everything, in a canonical order, for snapshots.
     pub(crate) fn to_parts(&self) -> CatalogParts {
         let mut features: Vec<Feature> = self

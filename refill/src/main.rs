@@ -1,6 +1,7 @@
 //! The `refill` binary: a thin layer that parses the command line and hands each command
 //! to the crate that does the work.
 
+mod serve;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole engine in one process on the embedded log and store, with the
+    /// sandbox payment gateway and the HTTP API (nothing to install).
+    Serve(serve::ServeArgs),
     /// Run the deterministic simulator: random workloads with crashes, duplicate and
     /// late deliveries, declines and timeouts, checking every invariant after every batch.
     ///
@@ -25,6 +29,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Serve(args) => serve::run(&args),
         Command::Simulate(args) => simulate::run(&args),
     }
 }

@@ -1,0 +1,152 @@
+//! The engine's wiring on the embedded default, shared by `refill serve` and the tests:
+//! the embedded log and store, one worker per shard, the recharger with the sandbox
+//! gateway, and the HTTP router.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use refill_ingest::engine::{Engine, EngineConfig};
+use refill_ingest::http::{Api, ApiLimits, Charger};
+use refill_ledger::{Input, Money};
+use refill_recharger::gateway::{ChargeRequest, ChargeResult, Gateway};
+use refill_recharger::sandbox::SandboxGateway;
+use refill_recharger::worker::{Recharger, RechargerConfig};
+use refill_store::embedded::Embedded;
+use refill_store::{Log, Store};
+
+/// A running engine: its router and what must be stopped.
+pub struct App {
+    /// The HTTP API.
+    pub router: axum::Router,
+    /// The engine (stop it to drain and snapshot).
+    pub engine: Engine,
+    /// The sandbox gateway (its charges, for tests).
+    pub gateway: Arc<SandboxGateway>,
+}
+
+/// The sandbox gateway charging plan prices for subscriptions.
+struct GatewayCharger(Arc<SandboxGateway>);
+
+impl Charger for GatewayCharger {
+    fn charge(
+        &self,
+        idempotency_key: String,
+        amount: Money,
+        payment_method: String,
+        customer: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let gateway = Arc::clone(&self.0);
+        Box::pin(async move {
+            let request = ChargeRequest {
+                idempotency_key,
+                amount,
+                payment_method,
+                customer,
+                description: "Refill plan subscription".into(),
+            };
+            match gateway.charge(&request).await {
+                Ok(ChargeResult::Succeeded { .. }) => Ok(()),
+                Ok(ChargeResult::Declined { code }) => {
+                    Err(format!("the payment was declined: {code}"))
+                }
+                Err(error) => Err(error.to_string()),
+            }
+        })
+    }
+}
+
+/// Opens the data folder and starts everything; must run inside a tokio runtime.
+pub async fn start(
+    data: &Path,
+    shards: u32,
+    api_key: String,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> anyhow::Result<App> {
+    let embedded = Arc::new(
+        Embedded::open(&data.join("db"), shards)
+            .with_context(|| format!("cannot open the embedded store in {}", data.display()))?,
+    );
+    let (commands_tx, mut commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    let log: Arc<dyn Log> = embedded.clone();
+    let store: Arc<dyn Store> = embedded.clone();
+    let config = EngineConfig {
+        shards,
+        ..EngineConfig::default()
+    };
+    let engine =
+        tokio::task::spawn_blocking(move || Engine::start(log, store, config, commands_tx))
+            .await??;
+
+    let gateway = Arc::new(SandboxGateway::new());
+    let mut recharger = Recharger::open(
+        Arc::clone(&gateway),
+        Arc::clone(&embedded),
+        RechargerConfig::default(),
+    )
+    .await
+    .context("cannot open the recharger")?;
+    let recharge_engine = engine.clone();
+    tokio::spawn(async move {
+        // Commands reserved before a restart are finished first, with their own keys.
+        let mut outcomes = recharger.resume().await.unwrap_or_else(|error| {
+            eprintln!("recharger: resume failed: {error}");
+            Vec::new()
+        });
+        loop {
+            for outcome in outcomes.drain(..) {
+                let shard = recharge_engine.shard_of(outcome.command.customer.as_str());
+                let engine = recharge_engine.clone();
+                metrics::counter!("refill_recharger_outcomes_total", "result" => result_label(&outcome.result)).increment(1);
+                if let Err(error) = tokio::task::spawn_blocking(move || {
+                    engine.append(shard, vec![Input::RechargeOutcome(outcome)])
+                })
+                .await
+                {
+                    eprintln!("recharger: cannot send an outcome: {error}");
+                }
+            }
+            let Some(command) = commands_rx.recv().await else {
+                return;
+            };
+            match recharger.process(&command).await {
+                Ok(outcome) => outcomes.push(outcome),
+                // The command stays reserved in the store; the shard re-publishes it at restart.
+                Err(error) => eprintln!("recharger: {} failed: {error}", command.id),
+            }
+        }
+    });
+
+    let features: HashSet<String> = engine
+        .read(0, |shard| {
+            shard
+                .catalog()
+                .feature_ids()
+                .into_iter()
+                .map(|id| id.to_string())
+                .collect()
+        })
+        .await?;
+    let api = Api::new(
+        engine.clone(),
+        api_key,
+        Arc::new(GatewayCharger(Arc::clone(&gateway))),
+        ApiLimits::default(),
+        features,
+        metrics,
+    );
+    Ok(App {
+        router: api.router(),
+        engine,
+        gateway,
+    })
+}
+
+fn result_label(result: &refill_ledger::input::RechargeResult) -> &'static str {
+    match result {
+        refill_ledger::input::RechargeResult::Charged { .. } => "succeeded",
+        refill_ledger::input::RechargeResult::Declined { .. } => "declined",
+        refill_ledger::input::RechargeResult::SpendLimitReached => "spend_limit_reached",
+    }
+}

@@ -1,0 +1,3 @@
+//! The wiring of Refill's engine, shared by the `refill` binary and its tests.
+
+pub mod app;

@@ -1,0 +1,406 @@
+//! The product's worked example end to end over HTTP, on an in-process server with the
+//! embedded store and the sandbox gateway; then a declined card, and bad input.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const KEY: &str = "test-key-0123456789";
+
+struct Client {
+    app: refill::app::App,
+    _data: TempDir,
+}
+
+/// A temporary folder removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "refill-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Client {
+    async fn start(name: &str) -> Self {
+        let data = TempDir::new(name);
+        let app = refill::app::start(&data.0, 2, KEY.into(), None)
+            .await
+            .expect("engine starts");
+        Self { app, _data: data }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_raw(method, path, body.map(|body| body.to_string()))
+            .await
+    }
+
+    async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, Body::from))
+            .expect("request");
+        let response = self
+            .app
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("answer");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, answer) = self.call(method, path, Some(body)).await;
+        assert!(status.is_success(), "{method} {path}: {status} {answer}");
+        answer
+    }
+
+    /// Waits (with a deadline) until the customer's credits view satisfies `done`.
+    async fn credits_until(&self, customer: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                tick.tick().await;
+                let (_, view) = self
+                    .call("GET", &format!("/v1/customers/{customer}/credits"), None)
+                    .await;
+                if done(&view) {
+                    return view;
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| panic!("{customer}'s credits never reached the expected state"))
+    }
+
+    async fn calls(&self, customer: &str, from: usize, count: usize) -> Value {
+        let events: Vec<Value> = (from..from + count).map(|i| json!({"id": format!("{customer}-{i}"), "customer_id": customer, "feature_id": "api-call", "value": 1})).collect();
+        self.ok("POST", "/v1/events?sync=true", Value::Array(events))
+            .await
+    }
+}
+
+async fn catalog(client: &Client) {
+    client
+        .ok(
+            "PUT",
+            "/v1/credit-types/api-credits",
+            json!({"name": "API credits", "unit_price": {"amount": "0.10", "currency": "USD"}}),
+        )
+        .await;
+    client
+        .ok("PUT", "/v1/features/api-call", json!({"name": "API call", "unit": {"singular": "call", "plural": "calls"}, "credit_type": "api-credits", "credits_per_unit": 1}))
+        .await;
+    client
+        .ok("PUT", "/v1/products/api", json!({"name": "API"}))
+        .await;
+    client
+        .ok(
+            "PUT",
+            "/v1/plans/starter",
+            json!({"product": "api", "name": "Starter", "billing_model": "one_time",
+                   "credits": {"credit_type": "api-credits", "pricing_model": "flat", "amount": 50, "price": {"amount": "5.00", "currency": "USD"}}}),
+        )
+        .await;
+}
+
+async fn customer_with_auto_recharge(client: &Client, customer: &str, method: &str) {
+    client
+        .ok(
+            "PUT",
+            &format!("/v1/customers/{customer}"),
+            json!({"name": customer, "payment_method": method}),
+        )
+        .await;
+    client.ok("POST", &format!("/v1/customers/{customer}/grants"), json!({"credit_type": "api-credits", "amount": 50, "grant_type": "paid", "idempotency_key": "plan"})).await;
+    client
+        .ok(
+            "PUT",
+            &format!("/v1/customers/{customer}/auto-recharge"),
+            json!({"credit_type": "api-credits", "enabled": true, "threshold": 20, "target_balance": 50,
+                   "spend_limit": {"amount": "500", "currency": "USD"}, "spend_limit_reset": "month"}),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worked_example_recharges_31_credits_for_310_cents() {
+    let client = Client::start("example").await;
+    catalog(&client).await;
+    client
+        .ok(
+            "PUT",
+            "/v1/customers/acme",
+            json!({"name": "Acme", "payment_method": "pm_card_visa"}),
+        )
+        .await;
+    let subscribed = client
+        .ok(
+            "POST",
+            "/v1/customers/acme/subscriptions",
+            json!({"plan": "starter"}),
+        )
+        .await;
+    assert_eq!(subscribed["charged"]["amount"], "5.00");
+    client
+        .ok(
+            "PUT",
+            "/v1/customers/acme/auto-recharge",
+            json!({"credit_type": "api-credits", "enabled": true, "threshold": "20", "target_balance": 50,
+                   "spend_limit": {"amount": 500, "currency": "USD"}, "spend_limit_reset": "month"}),
+        )
+        .await;
+    let answer = client.calls("acme", 0, 30).await;
+    assert_eq!(answer["accepted"], 30);
+    let (_, view) = client.call("GET", "/v1/customers/acme/credits", None).await;
+    assert_eq!(view["balance"], "20");
+    client.calls("acme", 30, 1).await;
+    let view = client
+        .credits_until("acme", |view| {
+            view["auto_recharge"]["recharges_this_period"] == 1
+        })
+        .await;
+    assert_eq!(view["balance"], "50");
+    assert_eq!(view["auto_recharge"]["spend_this_period"]["amount"], "3.10");
+    assert_eq!(view["consumption_this_period"], "31");
+    let (_, recharges) = client
+        .call("GET", "/v1/customers/acme/recharges", None)
+        .await;
+    assert_eq!(recharges["attempts"][0]["status"], "succeeded");
+    assert_eq!(recharges["attempts"][0]["credits"], "31");
+    assert_eq!(recharges["attempts"][0]["cost"]["amount"], "3.10");
+    let (_, ledger) = client.call("GET", "/v1/customers/acme/ledger", None).await;
+    let kinds: Vec<&str> = ledger["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|entry| entry["kind"].as_str())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"grant"));
+    assert_eq!(kinds.last(), Some(&"recharge"));
+    let total: i64 = ledger["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|entry| {
+            entry["amount"]
+                .as_str()
+                .and_then(|a| a.parse::<i64>().ok())
+                .expect("whole amounts")
+        })
+        .sum();
+    assert_eq!(total, 50, "ledger amounts sum to the balance");
+    // One charge at the gateway for the plan, one for the recharge.
+    assert_eq!(client.app.gateway.charges("acme/api-credits/1"), 1);
+    let (status, entitlement) = client
+        .call(
+            "GET",
+            "/v1/customers/acme/entitlements/api-call?units=51",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, entitlement["has_access"].clone()),
+        (StatusCode::OK, json!(false))
+    );
+    // The same events again are duplicates: nothing moves.
+    let again = client.calls("acme", 0, 31).await;
+    assert_eq!(again["duplicates"], 31);
+    let (_, view) = client.call("GET", "/v1/customers/acme/credits", None).await;
+    assert_eq!(view["balance"], "50");
+    client.app.engine.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_card_pauses_auto_recharge_until_the_method_changes() {
+    let client = Client::start("declined").await;
+    catalog(&client).await;
+    customer_with_auto_recharge(&client, "bob", "pm_card_chargeDeclined").await;
+    client.calls("bob", 0, 31).await;
+    let view = client
+        .credits_until("bob", |view| view["auto_recharge"]["status"] == "paused")
+        .await;
+    assert_eq!(view["auto_recharge"]["paused_reason"], "payment_failed");
+    assert_eq!(view["balance"], "19");
+    let (_, recharges) = client
+        .call("GET", "/v1/customers/bob/recharges", None)
+        .await;
+    assert_eq!(recharges["attempts"][0]["status"], "failed");
+    assert_eq!(recharges["attempts"][0]["reason"], "card_declined");
+    client
+        .ok(
+            "PUT",
+            "/v1/customers/bob",
+            json!({"payment_method": "pm_card_visa"}),
+        )
+        .await;
+    let view = client
+        .credits_until("bob", |view| view["balance"] == "50")
+        .await;
+    assert_eq!(view["auto_recharge"]["status"], "active");
+    client.app.engine.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_4xx_naming_the_field_and_change_nothing() {
+    let client = Client::start("bad").await;
+    catalog(&client).await;
+    client
+        .ok(
+            "PUT",
+            "/v1/customers/carol",
+            json!({"payment_method": "pm_card_visa"}),
+        )
+        .await;
+    let cases = [
+        (
+            "POST",
+            "/v1/customers/carol/grants",
+            json!({"credit_type": "api-credits", "amount": "1.0000001", "grant_type": "paid", "idempotency_key": "k"}),
+            StatusCode::BAD_REQUEST,
+            "amount",
+        ),
+        (
+            "POST",
+            "/v1/customers/carol/grants",
+            json!({"credit_type": "api-credits", "amount": 1, "grant_type": "free", "idempotency_key": "k"}),
+            StatusCode::BAD_REQUEST,
+            "grant_type",
+        ),
+        (
+            "POST",
+            "/v1/customers/carol/grants",
+            json!({"credit_type": "nope", "amount": 1, "grant_type": "paid", "idempotency_key": "k"}),
+            StatusCode::NOT_FOUND,
+            "credit_type",
+        ),
+        (
+            "POST",
+            "/v1/customers/carol/grants",
+            json!({"credit_type": "api-credits", "amount": 1, "grant_type": "paid"}),
+            StatusCode::BAD_REQUEST,
+            "idempotency_key",
+        ),
+        (
+            "PUT",
+            "/v1/customers/carol/auto-recharge",
+            json!({"credit_type": "api-credits", "enabled": true, "threshold": 30, "target_balance": 10, "spend_limit": {"amount": 5, "currency": "USD"}, "spend_limit_reset": "month"}),
+            StatusCode::BAD_REQUEST,
+            "target_balance",
+        ),
+        (
+            "PUT",
+            "/v1/customers/carol/auto-recharge",
+            json!({"credit_type": "api-credits", "enabled": true, "threshold": 1, "target_balance": 10, "spend_limit": {"amount": 5, "currency": "EUR"}, "spend_limit_reset": "month"}),
+            StatusCode::BAD_REQUEST,
+            "spend_limit.currency",
+        ),
+        (
+            "PUT",
+            "/v1/customers/carol/auto-recharge",
+            json!({"credit_type": "api-credits", "enabled": true, "threshold": 1, "target_balance": 10, "spend_limit": {"amount": 5, "currency": "USD"}, "spend_limit_reset": "year"}),
+            StatusCode::BAD_REQUEST,
+            "spend_limit_reset",
+        ),
+        (
+            "PUT",
+            "/v1/credit-types/x",
+            json!({"name": "X", "unit_price": {"amount": "-1", "currency": "USD"}}),
+            StatusCode::BAD_REQUEST,
+            "unit_price.amount",
+        ),
+    ];
+    for (method, path, body, status, field) in cases {
+        let (got, answer) = client.call(method, path, Some(body.clone())).await;
+        assert_eq!(
+            (got, answer["error"]["field"].as_str()),
+            (status, Some(field)),
+            "{method} {path} {body}: {answer}"
+        );
+    }
+    let request = Request::builder()
+        .method("GET")
+        .uri("/v1/customers/carol/credits")
+        .body(Body::empty())
+        .expect("request");
+    let response = client
+        .app
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let (status, answer) = client.call("POST", "/v1/events", Some(json!([{"id": "e1", "customer_id": "carol", "feature_id": "api-call", "value": -1}, {"id": "e2", "customer_id": "carol", "feature_id": "api-call"}]))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(answer["accepted"], 0);
+    assert_eq!(answer["rejected"][0]["error"]["field"], "value");
+    assert_eq!(answer["rejected"][1]["error"]["field"], "value");
+    // json!() would merge the repeated key, so the body is written by hand.
+    let repeated =
+        r#"{"id": "e1", "customer_id": "carol", "feature_id": "api-call", "value": 1, "value": 2}"#;
+    let (status, answer) = client
+        .call_raw("POST", "/v1/events", Some(repeated.into()))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "a repeated key in one event is a per-event rejection"
+    );
+    assert_eq!(
+        (
+            answer["accepted"].clone(),
+            answer["rejected"][0]["error"]["field"].clone()
+        ),
+        (json!(0), json!("value")),
+        "{answer}"
+    );
+    let (_, view) = client
+        .call(
+            "GET",
+            "/v1/customers/carol/credits?credit_type=api-credits",
+            None,
+        )
+        .await;
+    assert!(
+        view["balance"].is_null() || view["balance"] == "0",
+        "nothing was applied: {view}"
+    );
+    client.app.engine.stop();
+}
