@@ -1,0 +1,1 @@
+//! The log port over Apache Kafka.
