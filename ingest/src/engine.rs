@@ -445,6 +445,14 @@ impl Worker {
                 .increment(self.effects.events_duplicate);
             metrics::counter!("refill_ingest_inputs_rejected_total")
                 .increment(self.effects.inputs_rejected);
+            for (_, outcome) in &self.effects.outcomes {
+                if let Outcome::Rejected(rejection) = outcome {
+                    metrics::counter!("refill_ingest_inputs_rejected_by_reason_total", "reason" => rejection.code()).increment(1);
+                }
+            }
+            for notification in &self.effects.notifications {
+                metrics::counter!("refill_ingest_notifications_total", "kind" => notification_kind(&notification.kind)).increment(1);
+            }
             self.collect_rows(record.offset, &mut writes);
             for command in &self.effects.commands {
                 let _ = self.commands.send(command.clone());
@@ -532,7 +540,32 @@ impl Worker {
         }])?;
         self.snapshot_offset = self.next_offset;
         self.last_snapshot = Instant::now();
+        // Between snapshots is often enough for a gauge that alerts page on.
+        let paused = self
+            .shard
+            .accounts()
+            .filter(|(_, account)| {
+                account
+                    .auto_recharge()
+                    .is_some_and(|auto| auto.paused.is_some())
+            })
+            .count();
+        metrics::gauge!("refill_ingest_paused_accounts", "shard" => self.shard_index.to_string())
+            .set(paused as f64);
+        metrics::gauge!("refill_ingest_accounts", "shard" => self.shard_index.to_string())
+            .set(self.shard.account_count() as f64);
         metrics::counter!("refill_ingest_snapshots_total").increment(1);
         Ok(())
+    }
+}
+
+fn notification_kind(kind: &refill_ledger::effects::NotificationKind) -> &'static str {
+    use refill_ledger::effects::NotificationKind;
+    match kind {
+        NotificationKind::RechargeSucceeded { .. } => "recharge_succeeded",
+        NotificationKind::RechargeFailed { .. } => "recharge_failed",
+        NotificationKind::AutoRechargePaused { .. } => "auto_recharge_paused",
+        NotificationKind::AutoRechargeResumed => "auto_recharge_resumed",
+        NotificationKind::SpendLimitWarning { .. } => "spend_limit_warning",
     }
 }

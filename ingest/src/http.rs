@@ -657,23 +657,7 @@ async fn post_events(
     Query(query): Query<EventsQuery>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let raw: Vec<Box<serde_json::value::RawValue>> =
-        match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
-            Some(b'[') => parse(&body)?,
-            _ => vec![parse(&body)?],
-        };
-    if raw.len() > api.limits.events_per_request_max {
-        return Err(ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "too_many_events",
-            message: format!(
-                "expected at most {} events per request, found {}",
-                api.limits.events_per_request_max,
-                raw.len()
-            ),
-            field: None,
-        });
-    }
+    let events = wire::parse_events(&body, api.limits.events_per_request_max)?;
     let mut rejected = Vec::new();
     let shards = api.engine.shards() as usize;
     let mut per_shard: Vec<(Vec<usize>, Vec<Input>)> =
@@ -683,10 +667,7 @@ async fn post_events(
             .features
             .read()
             .unwrap_or_else(|poison| poison.into_inner());
-        for (index, value) in raw.iter().enumerate() {
-            let event = serde_json::from_str::<wire::EventBody>(value.get())
-                .map_err(|error| from_json_error(&error, "event"))
-                .and_then(wire::EventBody::into_domain);
+        for (index, event) in events.into_iter().enumerate() {
             match event {
                 Ok(event) if !features.contains(event.feature.as_str()) => {
                     rejected.push(json!({"index": index, "error": {"code": "unknown_feature", "message": format!("unknown feature {:?}", event.feature.as_str()), "field": "feature_id"}}));

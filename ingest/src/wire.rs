@@ -495,3 +495,40 @@ impl EventBody {
         })
     }
 }
+
+/// Parses a `POST /v1/events` body: one event or an array. The request fails as a whole
+/// only when it is not JSON or holds more than `events_max` events; otherwise each event
+/// is parsed on its own and a bad one is rejected alone, naming its field.
+pub fn parse_events(
+    body: &[u8],
+    events_max: usize,
+) -> Result<Vec<Result<UsageEvent, ApiError>>, ApiError> {
+    let raw: Vec<Box<serde_json::value::RawValue>> =
+        match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+            Some(b'[') => serde_json::from_slice(body)
+                .map_err(|error| crate::error::from_json_error(&error, "body"))?,
+            _ => vec![
+                serde_json::from_slice(body)
+                    .map_err(|error| crate::error::from_json_error(&error, "body"))?,
+            ],
+        };
+    if raw.len() > events_max {
+        return Err(ApiError {
+            status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_many_events",
+            message: format!(
+                "expected at most {events_max} events per request, found {}",
+                raw.len()
+            ),
+            field: None,
+        });
+    }
+    Ok(raw
+        .iter()
+        .map(|value| {
+            serde_json::from_str::<EventBody>(value.get())
+                .map_err(|error| crate::error::from_json_error(&error, "event"))
+                .and_then(EventBody::into_domain)
+        })
+        .collect())
+}
