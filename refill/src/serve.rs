@@ -92,6 +92,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data folder {}", args.data.display()))?;
     let key = api_key(args)?;
     let metrics = install_metrics()?;
+    refill_ingest::describe_metrics();
     let app = refill::app::start(&args.data, args.shards, key, Some(metrics)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
