@@ -57,7 +57,8 @@ impl Charger for GatewayCharger {
     }
 }
 
-/// Opens the data folder and starts everything; must run inside a tokio runtime.
+/// Opens the data folder and starts everything on the embedded log and store; must run
+/// inside a tokio runtime.
 pub async fn start(
     data: &Path,
     shards: u32,
@@ -68,9 +69,24 @@ pub async fn start(
         Embedded::open(&data.join("db"), shards)
             .with_context(|| format!("cannot open the embedded store in {}", data.display()))?,
     );
+    start_on(embedded.clone(), embedded, shards, api_key, metrics).await
+}
+
+/// Starts everything on the given log and store (embedded, Kafka, CQL).
+pub async fn start_on(
+    log: Arc<dyn Log>,
+    store: Arc<dyn Store>,
+    shards: u32,
+    api_key: String,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> anyhow::Result<App> {
+    anyhow::ensure!(
+        log.partitions() == shards,
+        "expected a log of {shards} partitions (one per shard), found {}",
+        log.partitions()
+    );
     let (commands_tx, mut commands_rx) = tokio::sync::mpsc::unbounded_channel();
-    let log: Arc<dyn Log> = embedded.clone();
-    let store: Arc<dyn Store> = embedded.clone();
+    let recharger_store = Arc::clone(&store);
     let config = EngineConfig {
         shards,
         ..EngineConfig::default()
@@ -82,7 +98,7 @@ pub async fn start(
     let gateway = Arc::new(SandboxGateway::new());
     let mut recharger = Recharger::open(
         Arc::clone(&gateway),
-        Arc::clone(&embedded),
+        Arc::new(recharger_store),
         RechargerConfig::default(),
     )
     .await
@@ -149,4 +165,66 @@ fn result_label(result: &refill_ledger::input::RechargeResult) -> &'static str {
         refill_ledger::input::RechargeResult::Declined { .. } => "declined",
         refill_ledger::input::RechargeResult::SpendLimitReached => "spend_limit_reached",
     }
+}
+
+/// The Kafka topic that holds the shards' journal (one partition per shard) when the log
+/// is Kafka: the batches each shard applies, in order, so a replay is exact.
+pub const JOURNAL_TOPIC: &str = "refill.journal";
+
+/// Opens the log named by a URL: `embedded` (in `data`) or `kafka://HOST:PORT`.
+pub fn open_log(
+    url: &str,
+    data: &Path,
+    shards: u32,
+    embedded: &mut Option<Arc<Embedded>>,
+) -> anyhow::Result<Arc<dyn Log>> {
+    if url == "embedded" {
+        return Ok(embedded_in(data, shards, embedded)?);
+    }
+    let address = url
+        .strip_prefix("kafka://")
+        .with_context(|| format!("expected --log embedded or kafka://HOST:PORT, found {url:?}"))?;
+    let log = refill_store_kafka::KafkaLog::connect(address, JOURNAL_TOPIC, shards)
+        .with_context(|| format!("cannot use Kafka at {address}"))?;
+    Ok(Arc::new(log))
+}
+
+/// Opens the store named by a URL: `embedded` (in `data`), `scylla://HOST:PORT` or
+/// `cassandra://HOST:PORT` (keyspace `refill`, created by `refill migrate`).
+pub fn open_store(
+    url: &str,
+    data: &Path,
+    shards: u32,
+    embedded: &mut Option<Arc<Embedded>>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    if url == "embedded" {
+        return Ok(embedded_in(data, shards, embedded)?);
+    }
+    let address = url
+        .strip_prefix("scylla://")
+        .or_else(|| url.strip_prefix("cassandra://"))
+        .with_context(|| format!("expected --store embedded, scylla://HOST:PORT or cassandra://HOST:PORT, found {url:?}"))?;
+    let store = refill_store_cql::CqlStore::connect(address, CQL_KEYSPACE).with_context(|| {
+        format!("cannot use the CQL store at {address} (has `refill migrate` run?)")
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// The keyspace `refill migrate` creates and `serve` uses.
+pub const CQL_KEYSPACE: &str = "refill";
+
+fn embedded_in(
+    data: &Path,
+    shards: u32,
+    embedded: &mut Option<Arc<Embedded>>,
+) -> anyhow::Result<Arc<Embedded>> {
+    if let Some(open) = embedded {
+        return Ok(Arc::clone(open));
+    }
+    let open = Arc::new(
+        Embedded::open(&data.join("db"), shards)
+            .with_context(|| format!("cannot open the embedded store in {}", data.display()))?,
+    );
+    *embedded = Some(Arc::clone(&open));
+    Ok(open)
 }

@@ -1,6 +1,7 @@
 //! The `refill` binary: a thin layer that parses the command line and hands each command
 //! to the crate that does the work.
 
+mod migrate;
 mod serve;
 mod simulate;
 
@@ -16,9 +17,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the whole engine in one process on the embedded log and store, with the
-    /// sandbox payment gateway and the HTTP API (nothing to install).
+    /// Run the whole engine in one process, with the sandbox payment gateway and the HTTP
+    /// API: on the embedded log and store by default (nothing to install), or on Kafka
+    /// (`--log kafka://HOST:PORT`) and a CQL store (`--store scylla://HOST:PORT`).
     Serve(serve::ServeArgs),
+    /// Apply the Kafka topic settings and the CQL schema (idempotent).
+    Migrate(migrate::MigrateArgs),
     /// Run the deterministic simulator: random workloads with crashes, duplicate and
     /// late deliveries, declines and timeouts, checking every invariant after every batch.
     ///
@@ -30,6 +34,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(&args),
+        Command::Migrate(args) => migrate::run(&args),
         Command::Simulate(args) => simulate::run(&args),
     }
 }

@@ -21,6 +21,12 @@ pub struct ServeArgs {
     /// Shards (one writer thread each). Fixed for a data folder once created.
     #[arg(long, env = "REFILL_SHARDS", default_value_t = 2)]
     shards: u32,
+    /// The log: `embedded` (in --data) or `kafka://HOST:PORT` (topic `refill.journal`).
+    #[arg(long, env = "REFILL_LOG", default_value = "embedded")]
+    log: String,
+    /// The store: `embedded` (in --data), `scylla://HOST:PORT` or `cassandra://HOST:PORT`.
+    #[arg(long, env = "REFILL_STORE", default_value = "embedded")]
+    store: String,
     /// The admin API key; when absent, one is made at first start and kept in DATA/api-key.
     #[arg(long, env = "REFILL_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -93,7 +99,10 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let key = api_key(args)?;
     let metrics = install_metrics()?;
     refill_ingest::describe_metrics();
-    let app = refill::app::start(&args.data, args.shards, key, Some(metrics)).await?;
+    let mut embedded = None;
+    let log = refill::app::open_log(&args.log, &args.data, args.shards, &mut embedded)?;
+    let store = refill::app::open_store(&args.store, &args.data, args.shards, &mut embedded)?;
+    let app = refill::app::start_on(log, store, args.shards, key, Some(metrics)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

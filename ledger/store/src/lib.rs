@@ -122,3 +122,24 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<Entry>, StoreError>;
 }
+
+/// A shared store is a store, so code generic over `S: Store` takes `Arc<dyn Store>`.
+impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
+    fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        (**self).write(writes)
+    }
+
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        prefix: &[u8],
+        start: &[u8],
+        max: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        (**self).scan(table, prefix, start, max)
+    }
+}

@@ -435,3 +435,61 @@ async fn every_route_in_the_openapi_document_is_served() {
     assert_eq!(served, refill_ingest::openapi::ROUTES.len());
     client.app.engine.stop();
 }
+
+/// The same worked example with the shards' journal on real Kafka and the store on a real
+/// CQL server (Cassandra here), after `refill migrate`'s schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worked_example_on_kafka_and_cassandra() {
+    let (Ok(kafka), Ok(cql)) = (
+        std::env::var("REFILL_KAFKA"),
+        std::env::var("REFILL_CASSANDRA"),
+    ) else {
+        println!(
+            "skipped: REFILL_KAFKA and REFILL_CASSANDRA not both set (deploy/local/up kafka cassandra starts them)"
+        );
+        return;
+    };
+    let data = TempDir::new("kafka-cql");
+    let shards = 2;
+    let (log, store) = tokio::task::spawn_blocking(move || {
+        // A fresh journal topic and keyspace per run keep runs independent.
+        let topic = format!("refill-test-journal-{}", std::process::id());
+        let log = refill_store_kafka::KafkaLog::connect(&kafka, &topic, shards).expect("kafka");
+        let keyspace = format!("refill_walkthrough_{}", std::process::id());
+        let store = refill_store_cql::CqlStore::connect(&cql, &keyspace).expect("cql");
+        store.migrate().expect("schema");
+        (log, store)
+    })
+    .await
+    .expect("connect");
+    let app = refill::app::start_on(
+        std::sync::Arc::new(log),
+        std::sync::Arc::new(store),
+        shards,
+        KEY.into(),
+        None,
+    )
+    .await
+    .expect("engine starts");
+    let client = Client { app, _data: data };
+    catalog(&client).await;
+    customer_with_auto_recharge(&client, "acme", "pm_card_visa").await;
+    client.calls("acme", 0, 31).await;
+    let view = client
+        .credits_until("acme", |view| {
+            view["auto_recharge"]["recharges_this_period"] == 1
+        })
+        .await;
+    assert_eq!(view["balance"], "50");
+    let (_, ledger) = client.call("GET", "/v1/customers/acme/ledger", None).await;
+    let amounts: Vec<&str> = ledger["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|entry| entry["amount"].as_str())
+        .collect();
+    assert_eq!(amounts, ["50", "-31", "31"]);
+    let again = client.calls("acme", 0, 31).await;
+    assert_eq!(again["duplicates"], 31);
+    client.app.engine.stop();
+}

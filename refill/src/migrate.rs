@@ -1,0 +1,55 @@
+//! `refill migrate`: applies the Kafka topic settings (`deploy/kafka/topics.toml`) and the
+//! CQL schema (`deploy/cql/schema.cql`), idempotently, and reports what it did.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Arguments of `refill migrate`.
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    /// Kafka bootstrap address; topics are applied when given.
+    #[arg(long, env = "REFILL_KAFKA")]
+    kafka: Option<String>,
+    /// The topic settings file.
+    #[arg(long, default_value = "deploy/kafka/topics.toml")]
+    topics: PathBuf,
+    /// CQL address (ScyllaDB or Cassandra); the schema is applied when given.
+    #[arg(long, env = "REFILL_CASSANDRA")]
+    cql: Option<String>,
+}
+
+/// Applies what was asked; fails when nothing was.
+pub fn run(args: &MigrateArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.kafka.is_some() || args.cql.is_some(),
+        "expected --kafka and/or --cql (or REFILL_KAFKA / REFILL_CASSANDRA), found neither"
+    );
+    if let Some(bootstrap) = &args.kafka {
+        let report =
+            refill_store_kafka::apply_topics(bootstrap, &args.topics).with_context(|| {
+                format!(
+                    "cannot apply {} to Kafka at {bootstrap}",
+                    args.topics.display()
+                )
+            })?;
+        println!("{report}");
+        anyhow::ensure!(
+            report.is_clean(),
+            "some topics differ from {}; see above",
+            args.topics.display()
+        );
+    }
+    if let Some(address) = &args.cql {
+        let store = refill_store_cql::CqlStore::connect(address, refill::app::CQL_KEYSPACE)
+            .with_context(|| format!("cannot reach the CQL store at {address}"))?;
+        store
+            .migrate()
+            .with_context(|| format!("cannot apply the schema at {address}"))?;
+        println!(
+            "cql: keyspace {} and tables are in place at {address}",
+            refill::app::CQL_KEYSPACE
+        );
+    }
+    Ok(())
+}
