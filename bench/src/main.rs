@@ -7,22 +7,21 @@
 //! that renders a table and a JSON object; adding one is a variant below.
 
 mod core;
+mod cpu;
+mod harness;
+mod ingest;
+mod latency;
+mod memory;
 mod report;
+mod restart;
 mod zipf;
 
 use clap::{Parser, Subcommand};
 
 /// Scenarios that exist now.
-const SCENARIOS: &[&str] = &["core"];
+const SCENARIOS: &[&str] = &["core", "ingest", "latency", "memory", "restart"];
 /// Scenarios DESIGN §8 names that are not written yet.
-const PLANNED: &[&str] = &[
-    "ingest",
-    "kafka",
-    "baselines",
-    "latency",
-    "memory",
-    "restart",
-];
+const PLANNED: &[&str] = &["kafka", "baselines"];
 
 /// Command line.
 #[derive(Parser, Debug)]
@@ -46,6 +45,17 @@ enum Scenario {
     /// Pre-parsed usage events through one shard's `apply_into` on one core, next to a bare
     /// `HashMap<u64, i64>` decrement over the same customers (target ≥ 5 M events/s).
     Core(core::CoreArgs),
+    /// Usage events as JSON over real HTTP into the embedded engine, durable, until every
+    /// event is applied; each stage alone on the same bodies (target ≥ 1 M events/s).
+    Ingest(ingest::IngestArgs),
+    /// Balance read in process (p99 ≤ 1 µs), entitlement check over HTTP (p99 ≤ 1 ms),
+    /// threshold crossing → recharged balance.
+    Latency(latency::LatencyArgs),
+    /// Bytes per idle account: resident-set growth while creating them in one shard
+    /// (target ≤ 200).
+    Memory(memory::MemoryArgs),
+    /// 1 M accounts, stop (snapshot), start again: time until it ingests (target ≤ 10 s).
+    Restart(restart::RestartArgs),
     /// Anything else: refused with the list of scenarios.
     #[command(external_subcommand)]
     Unknown(Vec<String>),
@@ -56,10 +66,23 @@ fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Core(args) => {
             let report = core::run(&args)?;
-            print!("{}", report.table().render());
-            if cli.json {
-                report::print_json_line(&report.json());
-            }
+            show(&report.table(), &report.json(), cli.json);
+        }
+        Scenario::Ingest(args) => {
+            let report = ingest::run(&args)?;
+            show(&report.table(), &report.json(), cli.json);
+        }
+        Scenario::Latency(args) => {
+            let report = latency::run(&args)?;
+            show(&report.table(), &report.json(), cli.json);
+        }
+        Scenario::Memory(args) => {
+            let report = memory::run(&args)?;
+            show(&report.table(), &report.json(), cli.json);
+        }
+        Scenario::Restart(args) => {
+            let report = restart::run(&args)?;
+            show(&report.table(), &report.json(), cli.json);
         }
         Scenario::Unknown(words) => {
             // A usage error, not a failure: no backtrace, exit 2 as clap does.
@@ -73,4 +96,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints the table and, with `--json`, the JSON object as the last line.
+fn show(table: &report::Table, json: &serde_json::Value, with_json: bool) {
+    print!("{}", table.render());
+    if with_json {
+        report::print_json_line(json);
+    }
 }
