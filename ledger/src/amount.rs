@@ -106,9 +106,29 @@ pub fn parse_micros(text: &str) -> Result<i64, AmountError> {
 ///
 /// Used to rate usage: `quantity × credits_per_unit`. `None` when the result overflows.
 pub fn mul_micros_half_even(a_micros: i64, b_micros: i64) -> Option<i64> {
+    // Rating runs once per usage event. When the product fits an i64 (any realistic
+    // quantity and rate), the same half-even rounding in i64 divides by a constant, which
+    // compiles to a multiply; the i128 path calls a software division.
+    if let Some(product) = a_micros.checked_mul(b_micros) {
+        return Some(div_round_half_even_i64(product, MICROS_PER_UNIT));
+    }
     let product = i128::from(a_micros).checked_mul(i128::from(b_micros))?;
     let rounded = div_round_half_even(product, i128::from(MICROS_PER_UNIT));
     i64::try_from(rounded).ok()
+}
+
+/// [`div_round_half_even`] on `i64`, inlined so a constant divisor needs no division.
+#[inline]
+fn div_round_half_even_i64(dividend: i64, divisor: i64) -> i64 {
+    debug_assert!(divisor > 0, "divisor must be positive, found {divisor}");
+    let quotient = dividend.div_euclid(divisor);
+    let remainder = dividend.rem_euclid(divisor);
+    let twice = remainder * 2;
+    if twice > divisor || (twice == divisor && quotient % 2 != 0) {
+        quotient + 1
+    } else {
+        quotient
+    }
 }
 
 /// Divides and rounds half-even (banker's rounding); `divisor` must be positive.
@@ -309,6 +329,38 @@ mod tests {
             Quantity::from_micros(i64::MAX).rate(Credits::from_micros(2 * MICROS_PER_UNIT)),
             None
         );
+    }
+
+    #[test]
+    fn the_i64_rating_path_agrees_with_i128() {
+        let values = [
+            0,
+            1,
+            -1,
+            2,
+            499_999,
+            500_000,
+            500_001,
+            1_500_000,
+            2_500_000,
+            -2_500_000,
+            MICROS_PER_UNIT,
+            3_037_000_499,
+            3_037_000_500,
+            i64::MAX / MICROS_PER_UNIT,
+            i64::MAX,
+            i64::MIN + 1,
+            i64::MIN,
+        ];
+        for &a in &values {
+            for &b in &values {
+                let wide = i128::from(a)
+                    .checked_mul(i128::from(b))
+                    .map(|product| div_round_half_even(product, i128::from(MICROS_PER_UNIT)))
+                    .and_then(|rounded| i64::try_from(rounded).ok());
+                assert_eq!(mul_micros_half_even(a, b), wide, "{a} × {b}");
+            }
+        }
     }
 
     #[test]

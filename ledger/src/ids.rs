@@ -161,6 +161,38 @@ id_type!(
     check_opaque_id
 );
 
+/// Whether two texts are equal, without a call to `memcmp`: ids on the hot path are a few
+/// to a few dozen bytes, where the call costs more than the comparison itself.
+#[inline]
+pub(crate) fn same_text(a: &str, b: &str) -> bool {
+    fn word(bytes: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+    }
+    fn half(bytes: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+    }
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n >= 8 {
+        // Whole words, then the last word again (overlapping) for the tail.
+        let mut at = 0;
+        while at + 8 <= n {
+            if word(a, at) != word(b, at) {
+                return false;
+            }
+            at += 8;
+        }
+        at == n || word(a, n - 8) == word(b, n - 8)
+    } else if n >= 4 {
+        half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4)
+    } else {
+        a == b
+    }
+}
+
 /// A grant, numbered per customer: `gr_1`, `gr_2`, ...
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct GrantId(pub u64);
@@ -237,6 +269,38 @@ mod tests {
         assert!(EventId::new(&"x".repeat(256)).is_ok());
         assert!(EventId::new(&"x".repeat(257)).is_err());
         assert!(EventId::new("a\nb").is_err());
+    }
+
+    #[test]
+    fn same_text_is_string_equality() {
+        let texts = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "abce",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefgi",
+            "c0000001",
+            "c0000002",
+            "c00000001",
+            "c00000002",
+            "b00000001",
+            "api-call",
+            "api-calls",
+            "0123456789abcdef",
+            "0123456789abcdeg",
+            "0123456789abcdef0",
+            "1123456789abcdef0",
+            "0123456789abcdef1",
+        ];
+        for a in texts {
+            for b in texts {
+                assert_eq!(same_text(a, b), a == b, "{a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -406,9 +406,7 @@ impl Shard {
     }
 
     pub(super) fn existing_customer(&self, id: &CustomerId) -> Result<u32, Rejection> {
-        self.customer_index
-            .get(id.as_str())
-            .copied()
+        self.customer_number(id.as_str())
             .ok_or_else(|| Rejection::UnknownCustomer(id.to_string()))
     }
 

@@ -3,16 +3,19 @@
 //! give the same effects, byte for byte.
 
 mod admin;
+mod index;
 mod recharge;
 mod snapshot;
 mod usage;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hint::black_box;
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 pub use snapshot::SnapshotError;
+
+use index::{CustomerEntry, CustomerIndex, NO_ACCOUNT};
 
 use crate::account::Account;
 use crate::catalog::Catalog;
@@ -88,7 +91,8 @@ pub struct Shard {
     batch: u64,
     catalog: Catalog,
     customers: Vec<Customer>,
-    customer_index: FxHashMap<CustomerId, u32>,
+    /// Customer id → its index and first account.
+    customer_index: CustomerIndex,
     accounts: Vec<Account>,
     dedup: DedupWindow,
     /// Live grants with an expiry: (expires_at, account, grant). Entries of grants that
@@ -109,7 +113,7 @@ impl Shard {
             batch: 0,
             catalog: Catalog::default(),
             customers: Vec::new(),
-            customer_index: FxHashMap::default(),
+            customer_index: CustomerIndex::default(),
             accounts: Vec::new(),
             dedup: DedupWindow::new(config.dedup, now),
             expiries: BTreeSet::new(),
@@ -139,17 +143,24 @@ impl Shard {
         self.batch += 1;
         fx.batch = self.batch;
         self.dedup.rotate_if_due(now);
+        // Room for every id of the batch now, so no event waits for the window to grow.
+        self.dedup.reserve(inputs.len());
         self.run_timers(now, fx);
-        for (index, input) in (0_u32..).zip(inputs) {
-            match input {
-                Input::Usage(event) => self.apply_usage(index, event, fx),
-                other => {
-                    if let Err(rejection) = self.apply_command(index, other, now, fx) {
-                        fx.inputs_rejected += 1;
-                        fx.outcomes.push((index, Outcome::Rejected(rejection)));
-                    }
-                }
+        let mut at = 0;
+        while at < inputs.len() {
+            // Runs of usage events go through the hot path together; any other input ends
+            // a run, so each input still sees the state left by the last.
+            let index = u32::try_from(at).expect("checked above");
+            let run = self.apply_usage_run(index, &inputs[at..], fx);
+            if run > 0 {
+                at += run;
+                continue;
             }
+            if let Err(rejection) = self.apply_command(index, &inputs[at], now, fx) {
+                fx.inputs_rejected += 1;
+                fx.outcomes.push((index, Outcome::Rejected(rejection)));
+            }
+            at += 1;
         }
         self.finish_batch(now, fx);
     }
@@ -192,11 +203,31 @@ impl Shard {
     /// Rolls up usage, checks every touched account and decides recharges, once per batch.
     fn finish_batch(&mut self, now: TimestampMs, fx: &mut Effects) {
         let touched = std::mem::take(&mut self.touched);
-        for &account_index in &touched {
-            self.flush_usage(account_index, now, fx);
-            self.accounts[account_index as usize].assert_conserved();
-            self.decide(account_index, now, fx);
-            fx.changed.push(AccountHandle(account_index));
+        // By now the lines of the accounts touched early in the batch have left the core's
+        // caches; reading a chunk's lines first overlaps their misses (see `usage.rs`).
+        // Pipelined: one loop reads the auto-recharge state of chunk k, found through its
+        // account lines read a chunk earlier, and the account lines of chunk k + 1.
+        let mut chunks = touched.chunks(usage::GROUP).peekable();
+        let mut seen = 0;
+        for &account_index in chunks.peek().copied().unwrap_or_default() {
+            seen ^= self.accounts[account_index as usize].touch();
+        }
+        black_box(seen);
+        while let Some(chunk) = chunks.next() {
+            let mut seen = 0;
+            for &account_index in chunk {
+                seen ^= self.accounts[account_index as usize].touch_auto_recharge();
+            }
+            for &account_index in chunks.peek().copied().unwrap_or_default() {
+                seen ^= self.accounts[account_index as usize].touch();
+            }
+            black_box(seen);
+            for &account_index in chunk {
+                self.flush_usage(account_index, now, fx);
+                self.accounts[account_index as usize].assert_conserved();
+                self.decide(account_index, now, fx);
+                fx.changed.push(AccountHandle(account_index));
+            }
         }
         self.touched = touched;
         self.touched.clear();
@@ -241,9 +272,34 @@ impl Shard {
         });
     }
 
-    /// The account of (customer, credit type), created on first sight.
-    fn account_for(&mut self, customer: &CustomerId, credit_type: u32) -> u32 {
-        let customer_index = self.customer_for(customer);
+    /// The account of (customer, credit type), created on first sight; `hash` is the
+    /// customer's [`CustomerIndex::hash`], `known` its index entry if already looked up
+    /// (entries only ever gain a first account, so an old one with an account is current).
+    #[inline]
+    fn account_for(
+        &mut self,
+        customer: &CustomerId,
+        hash: u64,
+        known: Option<CustomerEntry>,
+        credit_type: u32,
+    ) -> u32 {
+        let entry = match known {
+            Some(entry) if entry.first_account != NO_ACCOUNT => Some(entry),
+            _ => self.customer_index.get(customer.as_str(), hash),
+        };
+        let customer_index = match entry {
+            Some(entry) => {
+                // The usual case: the customer's first account is the one, found from the
+                // index alone.
+                if entry.first_account != NO_ACCOUNT
+                    && self.accounts[entry.first_account as usize].credit_type == credit_type
+                {
+                    return entry.first_account;
+                }
+                entry.customer
+            }
+            None => self.new_customer(customer, hash),
+        };
         self.account_of_customer(customer_index, credit_type)
     }
 
@@ -255,6 +311,11 @@ impl Shard {
         let account =
             u32::try_from(self.accounts.len()).expect("fewer than 2^32 accounts per shard");
         customer.accounts.push((credit_type, account));
+        if customer.accounts.len() == 1 {
+            let id = customer.id.as_str();
+            self.customer_index
+                .set_first_account(id, CustomerIndex::hash(id), account);
+        }
         self.accounts
             .push(Account::new(customer_index, credit_type));
         account
@@ -262,9 +323,15 @@ impl Shard {
 
     /// The customer, created on first sight.
     fn customer_for(&mut self, id: &CustomerId) -> u32 {
-        if let Some(&index) = self.customer_index.get(id.as_str()) {
-            return index;
+        let hash = CustomerIndex::hash(id.as_str());
+        match self.customer_index.get(id.as_str(), hash) {
+            Some(entry) => entry.customer,
+            None => self.new_customer(id, hash),
         }
+    }
+
+    /// Adds a customer not seen before; `hash` is its [`CustomerIndex::hash`].
+    fn new_customer(&mut self, id: &CustomerId, hash: u64) -> u32 {
         let index =
             u32::try_from(self.customers.len()).expect("fewer than 2^32 customers per shard");
         self.customers.push(Customer {
@@ -274,8 +341,15 @@ impl Shard {
             next_grant: 1,
             details: None,
         });
-        self.customer_index.insert(id.clone(), index);
+        self.customer_index.insert(id.clone(), hash, index);
         index
+    }
+
+    /// The index of a customer, if known.
+    fn customer_number(&self, id: &str) -> Option<u32> {
+        self.customer_index
+            .get(id, CustomerIndex::hash(id))
+            .map(|entry| entry.customer)
     }
 
     // ---- read side -------------------------------------------------------------------
@@ -342,9 +416,8 @@ impl Shard {
 
     /// A customer by id.
     pub fn customer(&self, id: &str) -> Option<&Customer> {
-        self.customer_index
-            .get(id)
-            .map(|&index| &self.customers[index as usize])
+        self.customer_number(id)
+            .map(|index| &self.customers[index as usize])
     }
 
     /// The account of (customer, credit type), if it exists.

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use super::index::CustomerIndex;
 use super::{Customer, Shard, ShardConfig};
 use crate::account::Account;
 use crate::autorecharge::PauseReason;
@@ -77,13 +77,32 @@ impl Shard {
         let state: SnapshotV1 = postcard::from_bytes(body)?;
         let catalog = Catalog::from_parts(state.catalog)
             .map_err(|error| SnapshotError::Inconsistent(error.to_string()))?;
-        let mut customer_index = FxHashMap::default();
+        let mut customer_index = CustomerIndex::default();
         for (index, customer) in (0_u32..).zip(&state.customers) {
-            if customer_index.insert(customer.id.clone(), index).is_some() {
+            let id = customer.id.as_str();
+            let hash = CustomerIndex::hash(id);
+            if customer_index.get(id, hash).is_some() {
                 return Err(SnapshotError::Inconsistent(format!(
                     "customer {} appears twice",
                     customer.id
                 )));
+            }
+            for &(credit_type, account) in &customer.accounts {
+                // The hot path trusts the index's first account to be this customer's.
+                let owned = state
+                    .accounts
+                    .get(account as usize)
+                    .is_some_and(|held| held.customer == index && held.credit_type == credit_type);
+                if !owned {
+                    return Err(SnapshotError::Inconsistent(format!(
+                        "customer {} lists account {account}, which is not its own",
+                        customer.id
+                    )));
+                }
+            }
+            customer_index.insert(customer.id.clone(), hash, index);
+            if let Some(&(_, account)) = customer.accounts.first() {
+                customer_index.set_first_account(id, hash, account);
             }
         }
         let mut expiries = BTreeSet::new();
