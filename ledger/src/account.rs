@@ -196,7 +196,10 @@ impl Account {
     /// Whether `credits` can be burned without leaving the fixed-point range.
     #[inline]
     pub(crate) fn can_burn(&self, credits: Credits) -> bool {
-        self.balance.checked_sub(credits).is_some()
+        // The overdraft is −balance, so the balance must stay above i64::MIN for it to fit.
+        self.balance
+            .checked_sub(credits)
+            .is_some_and(|after| after.micros() != i64::MIN)
     }
 
     /// Burns usage: grants in burn order, the rest as overdraft. The caller checked

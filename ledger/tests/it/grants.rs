@@ -270,3 +270,30 @@ fn snapshots_restore_exactly() {
     assert!(Shard::restore(&bytes[..bytes.len() / 2]).is_err());
     assert!(Shard::restore(&[]).is_err());
 }
+
+#[test]
+fn usage_that_would_reach_the_lowest_balance_is_refused_not_a_crash() {
+    let (mut shard, now) = shard_with_customer();
+    // i64::MIN micro-credits cannot be an overdraft (its negation overflows).
+    let most = Quantity::from_micros(i64::MAX);
+    let fx = shard.apply(now, &[usage("acme", "big-1", example::FEATURE, most)]);
+    assert_eq!(fx.events_applied, 1);
+    let fx = shard.apply(
+        now,
+        &[usage(
+            "acme",
+            "big-2",
+            example::FEATURE,
+            Quantity::from_micros(1),
+        )],
+    );
+    assert!(
+        matches!(
+            fx.outcome_of(0),
+            Some(Outcome::Rejected(Rejection::Overflow { .. }))
+        ),
+        "{:?}",
+        fx.outcomes
+    );
+    assert_eq!(balance(&shard), Credits::from_micros(-i64::MAX));
+}
