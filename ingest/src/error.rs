@@ -33,6 +33,16 @@ impl ApiError {
         }
     }
 
+    /// 500: a bug or broken stored data, never the client's fault.
+    pub fn internal(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
     /// 404.
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self {

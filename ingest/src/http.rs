@@ -362,12 +362,10 @@ async fn post_grant(
             StatusCode::OK,
             Json(json!({"id": grant.to_string(), "replayed": true})),
         )),
-        other => Err(ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: format!("expected a grant outcome, found {other:?}"),
-            field: None,
-        }),
+        other => Err(ApiError::internal(
+            "internal",
+            format!("expected a grant outcome, found {other:?}"),
+        )),
     }
 }
 
@@ -392,12 +390,10 @@ async fn post_void(
         Some(Outcome::GrantVoided { credits, .. }) => Ok(Json(
             json!({"id": grant_text, "voided": credits.to_string()}),
         )),
-        other => Err(ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: format!("expected a void outcome, found {other:?}"),
-            field: None,
-        }),
+        other => Err(ApiError::internal(
+            "internal",
+            format!("expected a void outcome, found {other:?}"),
+        )),
     }
 }
 
@@ -541,21 +537,12 @@ async fn get_ledger(
     let found =
         tokio::task::spawn_blocking(move || store.scan(rows::LEDGER, &prefix, &start, limit + 1))
             .await
-            .map_err(|_| ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "internal",
-                message: "ledger read failed".into(),
-                field: None,
-            })?
+            .map_err(|_| ApiError::internal("internal", "ledger read failed"))?
             .map_err(|error| ApiError::from(crate::engine::EngineError::from(error)))?;
     let mut entries = Vec::new();
     for (_, value) in found.iter().take(limit) {
-        let row: EntryRow = postcard::from_bytes(value).map_err(|error| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "corrupt",
-            message: error.to_string(),
-            field: None,
-        })?;
+        let row: EntryRow = postcard::from_bytes(value)
+            .map_err(|error| ApiError::internal("corrupt", error.to_string()))?;
         entries.push(json!({
             "id": row.seq, "at": row.at.to_string(), "kind": row.kind, "amount": row.amount.to_string(),
             "balance_after": row.balance_after.to_string(), "reference": row.reference,
@@ -582,12 +569,7 @@ async fn get_recharges(
         store.scan(rows::ATTEMPTS, &prefix.clone(), &prefix, 1_000)
     })
     .await
-    .map_err(|_| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        code: "internal",
-        message: "recharge read failed".into(),
-        field: None,
-    })?
+    .map_err(|_| ApiError::internal("internal", "recharge read failed"))?
     .map_err(|error| ApiError::from(crate::engine::EngineError::from(error)))?;
     let attempts: Vec<Value> = found
         .iter()
