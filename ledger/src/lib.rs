@@ -6,6 +6,7 @@ pub mod account;
 pub mod amount;
 pub mod autorecharge;
 pub mod catalog;
+pub mod codec;
 pub mod dedup;
 pub mod effects;
 pub mod grant;

@@ -167,10 +167,6 @@ fn result_label(result: &refill_ledger::input::RechargeResult) -> &'static str {
     }
 }
 
-/// The Kafka topic that holds the shards' journal (one partition per shard) when the log
-/// is Kafka: the batches each shard applies, in order, so a replay is exact.
-pub const JOURNAL_TOPIC: &str = "refill.journal";
-
 /// Opens the log named by a URL: `embedded` (in `data`) or `kafka://HOST:PORT`.
 pub fn open_log(
     url: &str,
@@ -184,8 +180,9 @@ pub fn open_log(
     let address = url
         .strip_prefix("kafka://")
         .with_context(|| format!("expected --log embedded or kafka://HOST:PORT, found {url:?}"))?;
-    let log = refill_store_kafka::KafkaLog::connect(address, JOURNAL_TOPIC, shards)
-        .with_context(|| format!("cannot use Kafka at {address}"))?;
+    let log =
+        refill_store_kafka::KafkaLog::connect(address, refill_store_kafka::JOURNAL_TOPIC, shards)
+            .with_context(|| format!("cannot use Kafka at {address}"))?;
     Ok(Arc::new(log))
 }
 

@@ -29,8 +29,8 @@ pub use log::{KafkaLog, LogSettings};
 /// that hand it messages ([`DeadLetters::send_message_to_dlq`]).
 pub use rdkafka;
 pub use topics::{
-    TopicAction, TopicDifference, TopicOutcome, TopicSpec, TopicsReport, apply_topics,
-    delete_topics, load_topics, parse_topics,
+    TopicAction, TopicDifference, TopicOutcome, TopicSpec, TopicsReport, apply_topic_specs,
+    apply_topics, delete_topics, load_topics, parse_topics, prefixed_specs,
 };
 
 /// Producers' usage events (key = customer id); the log the ingest shards read.
@@ -42,3 +42,41 @@ pub const RECHARGE_COMMANDS_TOPIC: &str = "refill.recharge-commands";
 /// Every change to an account other than usage (key = customer id); same partition count
 /// as [`USAGE_TOPIC`], so partition p of both belongs to one shard.
 pub const ACCOUNT_COMMANDS_TOPIC: &str = "refill.account-commands";
+/// The shards' journal when the log is Kafka: the batches each shard applies, in order (one
+/// partition per shard, the partition count of [`USAGE_TOPIC`]), so a replay is exact.
+pub const JOURNAL_TOPIC: &str = "refill.journal";
+
+/// The names of the contract's topics in one namespace: the names above behind a prefix
+/// (empty in production; tests and shared clusters use one of their own).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    /// Producers' usage events ([`USAGE_TOPIC`]).
+    pub usage: String,
+    /// Rejected usage records ([`DLQ_TOPIC`]).
+    pub dlq: String,
+    /// Recharge commands ([`RECHARGE_COMMANDS_TOPIC`]).
+    pub recharge_commands: String,
+    /// Account commands ([`ACCOUNT_COMMANDS_TOPIC`]).
+    pub account_commands: String,
+    /// The shards' journal ([`JOURNAL_TOPIC`]).
+    pub journal: String,
+}
+
+impl Topics {
+    /// The topic names behind `prefix` (empty: the contract's names).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            usage: format!("{prefix}{USAGE_TOPIC}"),
+            dlq: format!("{prefix}{DLQ_TOPIC}"),
+            recharge_commands: format!("{prefix}{RECHARGE_COMMANDS_TOPIC}"),
+            account_commands: format!("{prefix}{ACCOUNT_COMMANDS_TOPIC}"),
+            journal: format!("{prefix}{JOURNAL_TOPIC}"),
+        }
+    }
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
+}

@@ -282,12 +282,47 @@ impl fmt::Display for TopicsReport {
 /// factors are capped to the number of brokers and `min.insync.replicas` to the factor
 /// applied (a one-node development broker takes the production file), with a note.
 pub fn apply_topics(bootstrap: &str, path: &Path) -> Result<TopicsReport, StoreError> {
-    let specs = load_topics(path)?;
+    apply_topic_specs(bootstrap, &load_topics(path)?)
+}
+
+/// The topics of a file renamed for a namespace (`prefix` before every name, as
+/// [`crate::Topics::with_prefix`] names them), and, when `usage_partitions` is given, with
+/// that partition count for the usage topic and the topics that keep its count. Tests and
+/// shared development clusters use it to get topics of their own.
+pub fn prefixed_specs(
+    specs: &[TopicSpec],
+    prefix: &str,
+    usage_partitions: Option<u32>,
+) -> Vec<TopicSpec> {
+    specs
+        .iter()
+        .map(|spec| {
+            let follows_usage = spec.name == crate::USAGE_TOPIC
+                || spec.partitions_of.as_deref() == Some(crate::USAGE_TOPIC);
+            TopicSpec {
+                name: format!("{prefix}{}", spec.name),
+                partitions: match usage_partitions {
+                    Some(partitions) if follows_usage => partitions,
+                    _ => spec.partitions,
+                },
+                partitions_of: spec
+                    .partitions_of
+                    .as_ref()
+                    .map(|of| format!("{prefix}{of}")),
+                replication_factor: spec.replication_factor,
+                config: spec.config.clone(),
+            }
+        })
+        .collect()
+}
+
+/// [`apply_topics`] for topics already loaded (and perhaps renamed by [`prefixed_specs`]).
+pub fn apply_topic_specs(bootstrap: &str, specs: &[TopicSpec]) -> Result<TopicsReport, StoreError> {
     let meta = create_consumer(&consumer_config(bootstrap, "refill-topics"))?;
     let admin = create_admin(&base_config(bootstrap, "refill-topics-admin"))?;
     let mut outcomes = Vec::with_capacity(specs.len());
     let mut actual_partitions: Vec<(String, u32)> = Vec::new();
-    for spec in &specs {
+    for spec in specs {
         let (state, brokers) = describe_topic(&meta, &spec.name, REQUEST_TIMEOUT)?;
         let mut notes = Vec::new();
         let replication = spec.replication_factor.min(brokers.max(1));
@@ -344,7 +379,7 @@ pub fn apply_topics(bootstrap: &str, path: &Path) -> Result<TopicsReport, StoreE
                     if found.as_deref().map(normalized) != Some(normalized(wanted)) {
                         differences.push(TopicDifference {
                             setting: key.clone(),
-                            expected: wanted.clone(),
+                            expected: wanted.to_string(),
                             found: found.unwrap_or_else(|| String::from("(unset)")),
                         });
                     }
