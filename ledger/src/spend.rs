@@ -48,6 +48,37 @@ pub enum Begin {
 
 type AccountKey = (CustomerId, CreditTypeId);
 
+/// What `command` may reserve when `spent_minor` is already reserved or charged in its
+/// period: the whole recharge when it fits under the limit, else the whole credits the
+/// headroom buys (cut), or `None` when that is nothing (the spend limit is reached).
+///
+/// The one spend decision: the in-memory [`SpendBook`] and the recharger's CQL book both
+/// call it, so they cut alike.
+pub fn reserve_within(command: &RechargeCommand, spent_minor: i64) -> Option<(Credits, Money)> {
+    let headroom = command.spend_limit.minor_units.saturating_sub(spent_minor);
+    let (credits, cost) = if command.cost.minor_units <= headroom {
+        (command.credits, command.cost)
+    } else {
+        let budget = Money {
+            minor_units: headroom.max(0),
+            currency: command.cost.currency,
+        };
+        let credits = command
+            .unit_price
+            .whole_credits_within(budget)
+            .min(command.credits);
+        match command.unit_price.cost_of(credits) {
+            Some(cost) if credits.is_positive() => (credits, cost),
+            _ => return None,
+        }
+    };
+    assert!(
+        spent_minor.saturating_add(cost.minor_units) <= command.spend_limit.minor_units,
+        "a reservation never passes the limit"
+    );
+    Some((credits, cost))
+}
+
 /// One reserved or charged recharge of an account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct SpendLine {
@@ -79,32 +110,12 @@ impl SpendBook {
         }
         let key = (command.id.customer.clone(), command.id.credit_type.clone());
         let spent = self.spent_in(&key.0, &key.1, command.period);
-        let headroom = command.spend_limit.minor_units - spent;
-        let (credits, cost) = if command.cost.minor_units <= headroom {
-            (command.credits, command.cost)
-        } else {
-            let budget = Money {
-                minor_units: headroom.max(0),
-                currency: command.cost.currency,
-            };
-            let credits = command
-                .unit_price
-                .whole_credits_within(budget)
-                .min(command.credits);
-            match command.unit_price.cost_of(credits) {
-                Some(cost) if credits.is_positive() => (credits, cost),
-                _ => {
-                    let result = RechargeResult::SpendLimitReached;
-                    self.commands
-                        .insert(command.id.clone(), CommandState::Done(result.clone()));
-                    return Begin::Finished(result);
-                }
-            }
+        let Some((credits, cost)) = reserve_within(command, spent) else {
+            let result = RechargeResult::SpendLimitReached;
+            self.commands
+                .insert(command.id.clone(), CommandState::Done(result.clone()));
+            return Begin::Finished(result);
         };
-        assert!(
-            spent + cost.minor_units <= command.spend_limit.minor_units,
-            "a reservation never passes the limit"
-        );
         self.spend.entry(key).or_default().push(SpendLine {
             command: command.id.clone(),
             issued_at: command.issued_at,

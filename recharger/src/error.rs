@@ -11,6 +11,7 @@ use crate::gateway::GatewayError;
 pub enum RechargerError {
     /// The store failed; nothing was charged after a failed reservation, and a charge
     /// whose result could not be stored is replayed under the same key on redelivery.
+    /// (The CQL book's failures come here too.)
     #[error("recharger storage failed: {0}")]
     Store(#[from] StoreError),
     /// Encoding the recharger's state failed.
@@ -46,6 +47,21 @@ pub enum RechargerError {
     /// operational failure).
     #[error("expected command {0} to be reserved before it is settled")]
     NotReserved(String),
+    /// Other writers kept moving the rows this command needed (a compare-and-set lost every
+    /// attempt): nothing was charged by this call; deliver the command again.
+    #[error(
+        "expected a compare-and-set for command {command} to apply within {attempts} attempts, \
+         found the row moved by other writers every time"
+    )]
+    Contention {
+        /// The command (its text id).
+        command: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The Kafka transport failed (consumer, producer, or a delivery report).
+    #[error("recharger transport failed: {0}")]
+    Transport(String),
     /// The Stripe gateway's settings are unusable.
     #[error("invalid Stripe gateway settings: {0}")]
     Config(String),

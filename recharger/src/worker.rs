@@ -3,35 +3,25 @@
 //! idempotency key on every attempt and after every restart, so a command pays at most once
 //! and never passes the period's spend limit.
 //!
-//! State: the [`SpendBook`] in postcard bytes under table [`TABLE`], key
-//! [`SPEND_BOOK_KEY`], rewritten whole after each change, plus one row per reserved command
-//! (`pending/<command id>`, the command itself) so a restart can resume it without a
-//! redelivery. Both change in one atomic store write.
+//! State: behind the [`RechargeBook`] port: [`StoreBook`] (the whole spend book in a
+//! store, the embedded default) or [`CqlBook`](crate::cql::CqlBook) (CQL rows moved by
+//! lightweight transactions, shared by any number of recharger processes).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use refill_ledger::amount::Credits;
 use refill_ledger::effects::RechargeCommand;
-use refill_ledger::ids::CommandId;
 use refill_ledger::input::{RechargeOutcome, RechargeResult};
 use refill_ledger::money::Money;
-use refill_ledger::spend::{Begin, CommandState, SpendBook};
-use refill_store::{Store, StoreError, Write};
+use refill_ledger::spend::Begin;
+use refill_store::Store;
 
+use crate::book::{RechargeBook, Settlement, StoreBook};
 use crate::error::RechargerError;
 use crate::gateway::{ChargeRequest, ChargeResult, Gateway, GatewayError};
 
-/// The store table of the recharger.
-pub const TABLE: &str = "recharger";
-/// Key of the spend book (postcard bytes) in [`TABLE`].
-pub const SPEND_BOOK_KEY: &[u8] = b"spend-book";
-/// Key prefix of reserved commands (postcard [`RechargeCommand`]) in [`TABLE`].
-pub const PENDING_PREFIX: &[u8] = b"pending/";
-
-/// Rows read per scan when loading reserved commands.
-const SCAN_PAGE: usize = 1024;
+pub use crate::book::{PENDING_PREFIX, SPEND_BOOK_KEY, TABLE};
 
 /// How the worker retries the gateway.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,36 +59,43 @@ impl RechargerConfig {
 
 /// Applies recharge commands one at a time: spend check, charge, outcome.
 #[derive(Debug)]
-pub struct Recharger<G: Gateway, S: Store> {
+pub struct Recharger<G: Gateway, B: RechargeBook> {
     gateway: G,
-    store: Arc<S>,
+    book: Arc<B>,
     config: RechargerConfig,
-    book: SpendBook,
-    pending: BTreeMap<CommandId, RechargeCommand>,
 }
 
-impl<G: Gateway, S: Store> Recharger<G, S> {
-    /// Loads the recharger's state from `store` (empty when there is none yet).
+impl<G: Gateway, S: Store + 'static> Recharger<G, StoreBook<S>> {
+    /// Loads the recharger's state from `store` (empty when there is none yet): the
+    /// embedded default, one recharger per store.
     pub async fn open(
         gateway: G,
         store: Arc<S>,
         config: RechargerConfig,
     ) -> Result<Self, RechargerError> {
-        let (book, pending) = blocking(&store, load).await?;
-        Ok(Self {
+        let book = tokio::task::spawn_blocking(move || StoreBook::open(store))
+            .await
+            .map_err(|error| RechargerError::Task(error.to_string()))??;
+        Ok(Self::new(gateway, Arc::new(book), config))
+    }
+}
+
+impl<G: Gateway, B: RechargeBook> Recharger<G, B> {
+    /// A recharger on `book`; several may share one book (in one process, or through CQL
+    /// across processes).
+    pub fn new(gateway: G, book: Arc<B>, config: RechargerConfig) -> Self {
+        Self {
             gateway,
-            store,
-            config,
             book,
-            pending,
-        })
+            config,
+        }
     }
 
     /// Applies `command` once and returns the outcome for the owning shard. A redelivered
     /// command answers its recorded result without calling the gateway; one left reserved
     /// (by a crash, or an earlier error) is charged again with the same idempotency key.
     ///
-    /// On error the command stays where the store says it is: deliver it again later.
+    /// On error the command stays where the book says it is: deliver it again later.
     pub async fn process(
         &mut self,
         command: &RechargeCommand,
@@ -107,15 +104,13 @@ impl<G: Gateway, S: Store> Recharger<G, S> {
             Begin::Finished(result) => return Ok(outcome(command, result)),
             Begin::Charge { credits, cost } => (credits, cost),
         };
-        let verdict = self.charge(command, credits, cost).await?;
-        let result = self.finish(command, verdict).await?;
-        Ok(outcome(command, result))
+        self.charge_and_finish(command, credits, cost).await
     }
 
-    /// Processes every command left reserved in the store (after a restart), in command
-    /// id order; stops at the first error.
+    /// Processes every command left reserved in the book (after a restart), in command id
+    /// order; stops at the first error.
     pub async fn resume(&mut self) -> Result<Vec<RechargeOutcome>, RechargerError> {
-        let commands: Vec<RechargeCommand> = self.pending.values().cloned().collect();
+        let commands = self.pending().await?;
         let mut outcomes = Vec::with_capacity(commands.len());
         for command in &commands {
             outcomes.push(self.process(command).await?);
@@ -124,12 +119,12 @@ impl<G: Gateway, S: Store> Recharger<G, S> {
     }
 
     /// Commands reserved but not finished, in command id order.
-    pub fn pending(&self) -> impl Iterator<Item = &RechargeCommand> {
-        self.pending.values()
+    pub async fn pending(&self) -> Result<Vec<RechargeCommand>, RechargerError> {
+        self.blocking(|book| book.pending()).await
     }
 
-    /// The spend book as stored.
-    pub fn book(&self) -> &SpendBook {
+    /// The book.
+    pub fn book(&self) -> &Arc<B> {
         &self.book
     }
 
@@ -144,28 +139,21 @@ impl<G: Gateway, S: Store> Recharger<G, S> {
     }
 
     /// Decides, and makes a new decision durable before anything is charged.
-    async fn begin(&mut self, command: &RechargeCommand) -> Result<Begin, RechargerError> {
-        if self.book.command(&command.id).is_some() {
-            // Known: `begin` only reads the recorded state.
-            return Ok(self.book.begin(command));
-        }
-        let mut next = self.book.clone();
-        let decision = next.begin(command);
-        let mut writes = vec![book_write(&next)?];
-        let reserved = matches!(decision, Begin::Charge { .. });
-        if reserved {
-            writes.push(Write::Put {
-                table: TABLE,
-                key: pending_key(&command.id),
-                value: encode(command)?,
-            });
-        }
-        self.write(writes).await?;
-        self.book = next;
-        if reserved {
-            self.pending.insert(command.id.clone(), command.clone());
-        }
-        Ok(decision)
+    async fn begin(&self, command: &RechargeCommand) -> Result<Begin, RechargerError> {
+        let command = command.clone();
+        self.blocking(move |book| book.begin(&command)).await
+    }
+
+    /// Charges a reservation and settles it.
+    async fn charge_and_finish(
+        &self,
+        command: &RechargeCommand,
+        credits: Credits,
+        cost: Money,
+    ) -> Result<RechargeOutcome, RechargerError> {
+        let settlement = self.charge(command, credits, cost).await?;
+        let result = self.finish(command, settlement).await?;
+        Ok(outcome(command, result))
     }
 
     /// Charges the reserved amount, retrying transient failures with the same key.
@@ -174,11 +162,11 @@ impl<G: Gateway, S: Store> Recharger<G, S> {
         command: &RechargeCommand,
         credits: Credits,
         cost: Money,
-    ) -> Result<Verdict, RechargerError> {
+    ) -> Result<Settlement, RechargerError> {
         if cost.minor_units == 0 {
             // Credits whose cost rounds to nothing: there is nothing to charge (and Stripe
             // refuses a zero amount).
-            return Ok(Verdict::Charged);
+            return Ok(Settlement::Charged);
         }
         let request = ChargeRequest::for_command(command, credits, cost);
         let attempts_max = self.config.charge_attempts_max.max(1);
@@ -186,11 +174,15 @@ impl<G: Gateway, S: Store> Recharger<G, S> {
         loop {
             attempt += 1;
             match self.gateway.charge(&request).await {
-                Ok(ChargeResult::Succeeded { .. }) => return Ok(Verdict::Charged),
-                Ok(ChargeResult::Declined { code }) => return Ok(Verdict::Declined(code)),
+                Ok(ChargeResult::Succeeded { .. }) => return Ok(Settlement::Charged),
+                Ok(ChargeResult::Declined { code }) => {
+                    return Ok(Settlement::Declined { code });
+                }
                 // Refused outright (unknown payment method, amount below the minimum): no
                 // money moved, and the customer must act, as for a decline.
-                Err(GatewayError::Refused { code, .. }) => return Ok(Verdict::Declined(code)),
+                Err(GatewayError::Refused { code, .. }) => {
+                    return Ok(Settlement::Declined { code });
+                }
                 Err(error) if error.is_transient() && attempt < attempts_max => {
                     tokio::time::sleep(self.config.backoff(attempt)).await;
                 }
@@ -213,40 +205,25 @@ impl<G: Gateway, S: Store> Recharger<G, S> {
 
     /// Settles the reservation with the gateway's answer, durably.
     async fn finish(
-        &mut self,
+        &self,
         command: &RechargeCommand,
-        verdict: Verdict,
+        settlement: Settlement,
     ) -> Result<RechargeResult, RechargerError> {
-        let mut next = self.book.clone();
-        let (charged, code) = match &verdict {
-            Verdict::Charged => (true, ""),
-            Verdict::Declined(code) => (false, code.as_str()),
-        };
-        let result = next
-            .finish(&command.id, charged, code)
-            .ok_or_else(|| RechargerError::NotReserved(command.id.to_string()))?;
-        self.write(vec![
-            book_write(&next)?,
-            Write::Delete {
-                table: TABLE,
-                key: pending_key(&command.id),
-            },
-        ])
-        .await?;
-        self.book = next;
-        self.pending.remove(&command.id);
-        Ok(result)
+        let command = command.clone();
+        self.blocking(move |book| book.finish(&command, &settlement))
+            .await
     }
 
-    async fn write(&self, writes: Vec<Write>) -> Result<(), RechargerError> {
-        blocking(&self.store, move |store| Ok(store.write(writes)?)).await
+    /// Runs a blocking book call off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&B) -> Result<T, RechargerError> + Send + 'static,
+    ) -> Result<T, RechargerError> {
+        let book = Arc::clone(&self.book);
+        tokio::task::spawn_blocking(move || call(&book))
+            .await
+            .map_err(|error| RechargerError::Task(error.to_string()))?
     }
-}
-
-/// The gateway's final answer, as the spend book takes it.
-enum Verdict {
-    Charged,
-    Declined(String),
 }
 
 fn outcome(command: &RechargeCommand, result: RechargeResult) -> RechargeOutcome {
@@ -254,68 +231,4 @@ fn outcome(command: &RechargeCommand, result: RechargeResult) -> RechargeOutcome
         command: command.id.clone(),
         result,
     }
-}
-
-fn pending_key(id: &CommandId) -> Vec<u8> {
-    let mut key = PENDING_PREFIX.to_vec();
-    key.extend_from_slice(id.to_string().as_bytes());
-    key
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, RechargerError> {
-    postcard::to_stdvec(value).map_err(|error| RechargerError::Encode(error.to_string()))
-}
-
-fn book_write(book: &SpendBook) -> Result<Write, RechargerError> {
-    Ok(Write::Put {
-        table: TABLE,
-        key: SPEND_BOOK_KEY.to_vec(),
-        value: encode(book)?,
-    })
-}
-
-/// Runs a blocking store call off the async threads.
-async fn blocking<S: Store, T: Send + 'static>(
-    store: &Arc<S>,
-    call: impl FnOnce(&S) -> Result<T, RechargerError> + Send + 'static,
-) -> Result<T, RechargerError> {
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || call(&store))
-        .await
-        .map_err(|error| RechargerError::Task(error.to_string()))?
-}
-
-type Loaded = (SpendBook, BTreeMap<CommandId, RechargeCommand>);
-
-fn load<S: Store>(store: &S) -> Result<Loaded, RechargerError> {
-    let book: SpendBook = match store.get(TABLE, SPEND_BOOK_KEY)? {
-        Some(bytes) => postcard::from_bytes(&bytes)
-            .map_err(|error| StoreError::Corrupt(format!("recharger spend book: {error}")))?,
-        None => SpendBook::default(),
-    };
-    let mut pending = BTreeMap::new();
-    let mut start = PENDING_PREFIX.to_vec();
-    loop {
-        let page = store.scan(TABLE, PENDING_PREFIX, &start, SCAN_PAGE)?;
-        for (key, value) in &page {
-            let command: RechargeCommand = postcard::from_bytes(value).map_err(|error| {
-                StoreError::Corrupt(format!(
-                    "recharger row {}: {error}",
-                    String::from_utf8_lossy(key)
-                ))
-            })?;
-            pending.insert(command.id.clone(), command);
-        }
-        match page.last() {
-            Some((key, _)) if page.len() == SCAN_PAGE => {
-                start = key.clone();
-                start.push(0);
-            }
-            _ => break,
-        }
-    }
-    // Rows are deleted in the same write that finishes a command; keep only what the book
-    // still holds as reserved, whatever happened.
-    pending.retain(|id, _| matches!(book.command(id), Some(CommandState::Reserved { .. })));
-    Ok((book, pending))
 }

@@ -44,7 +44,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::OnceCell;
 
 pub use layout::{CHUNK_BYTES, INLINE_VALUE_BYTES_MAX, KEY_BYTES_MAX, TABLE_NAME_BYTES_MAX};
-pub use lwt::{CasOutcome, SpendPeriod};
+pub use lwt::{CasOutcome, SpendPeriod, SpendRow};
 pub use schema::{Replication, SCHEMA_TEMPLATE, SCYLLA_KEYSPACE_OPTIONS};
 
 /// Most bytes of keys and inline values in one [`Store::write`] (values above
@@ -178,7 +178,24 @@ impl CqlStore {
                         "migrate: expected the server to apply {ddl}"
                     )))?;
             }
+            add_missing_columns(&inner).await?;
             inner.statements().await.map(|_| ())
+        })
+    }
+
+    /// Drops this store's keyspace and everything in it (`DROP KEYSPACE IF EXISTS`): for
+    /// tests and throw-away environments, never called by Refill itself.
+    pub fn drop_keyspace(&self) -> Result<(), StoreError> {
+        self.run(|inner| async move {
+            let ddl = format!("DROP KEYSPACE IF EXISTS {}", inner.keyspace);
+            let mut statement = Statement::new(ddl.clone());
+            statement.set_request_timeout(Some(DDL_TIMEOUT));
+            inner
+                .session
+                .query_unpaged(statement, ())
+                .await
+                .map_err(backend(format!("expected the server to apply {ddl}")))?;
+            Ok(())
         })
     }
 
@@ -236,6 +253,65 @@ impl CqlStore {
             period_start,
         };
         self.run(|inner| async move { lwt::spend_period(&inner, &key).await })
+    }
+
+    /// The whole spend row of a period (with the recharger's `state` blob, empty when the
+    /// row was written without one), read at `LOCAL_SERIAL`; `None` before its first
+    /// reservation.
+    pub fn spend_row(
+        &self,
+        customer: &str,
+        credit_type: &str,
+        period_start: i64,
+    ) -> Result<Option<SpendRow>, StoreError> {
+        let key = lwt::SpendKey {
+            customer: customer.to_owned(),
+            credit_type: credit_type.to_owned(),
+            period_start,
+        };
+        self.run(|inner| async move { lwt::spend_row(&inner, &key).await })
+    }
+
+    /// Like [`CqlStore::compare_and_set_spend`], and writes `state` in the same conditional
+    /// write: `true` when it applied. When it did not, read the row again with
+    /// [`CqlStore::spend_row`] (another writer moved the version). A timeout leaves the
+    /// outcome unknown (the error says so): read the row before acting.
+    pub fn compare_and_set_spend_state(
+        &self,
+        customer: &str,
+        credit_type: &str,
+        period_start: i64,
+        expected_version: i64,
+        new_reserved: i64,
+        state: &[u8],
+    ) -> Result<bool, StoreError> {
+        let key = lwt::SpendKey {
+            customer: customer.to_owned(),
+            credit_type: credit_type.to_owned(),
+            period_start,
+        };
+        let state = state.to_vec();
+        self.run(|inner| async move {
+            lwt::compare_and_set_spend_state(&inner, key, expected_version, new_reserved, state)
+                .await
+        })
+    }
+
+    /// Replaces the state of `command_id` with `new_state` if it is still `expected`
+    /// (`UPDATE ... IF state = ?`): `true` when it applied, `false` when the row holds
+    /// another state or is missing (read it with [`CqlStore::command_state`]).
+    pub fn replace_command_state(
+        &self,
+        command_id: &str,
+        expected: &[u8],
+        new_state: &[u8],
+    ) -> Result<bool, StoreError> {
+        let command_id = command_id.to_owned();
+        let expected = expected.to_vec();
+        let new_state = new_state.to_vec();
+        self.run(|inner| async move {
+            lwt::replace_command_state(&inner, command_id, expected, new_state).await
+        })
     }
 
     /// Runs `work` on the driver's runtime and blocks until it answers.
@@ -313,6 +389,44 @@ where
     })?
 }
 
+/// Columns added to existing tables after their first release, as (table, column, type):
+/// `CREATE TABLE IF NOT EXISTS` leaves an existing table as it is, so `migrate` adds these
+/// when `system_schema.columns` lacks them (the same on ScyllaDB and Cassandra, which do
+/// not both take `ADD IF NOT EXISTS`).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("spend_periods", "state", "blob")];
+
+/// Adds the [`ADDED_COLUMNS`] an existing keyspace lacks.
+async fn add_missing_columns(inner: &Inner) -> Result<(), StoreError> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let result = inner
+            .session
+            .query_unpaged(
+                "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? \
+                 AND table_name = ? AND column_name = ?",
+                (inner.keyspace.as_str(), *table, *column),
+            )
+            .await
+            .map_err(backend("migrate: expected to read system_schema.columns"))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(backend("migrate: expected rows from system_schema.columns"))?;
+        if rows.rows_num() > 0 {
+            continue;
+        }
+        let ddl = format!("ALTER TABLE {}.{table} ADD {column} {kind}", inner.keyspace);
+        let mut statement = Statement::new(ddl.clone());
+        statement.set_request_timeout(Some(DDL_TIMEOUT));
+        inner
+            .session
+            .query_unpaged(statement, ())
+            .await
+            .map_err(backend(format!(
+                "migrate: expected the server to apply {ddl}"
+            )))?;
+    }
+    Ok(())
+}
+
 /// Whether the server knows tablets (a tablet-aware ScyllaDB): only those have the
 /// `initial_tablets` column in `system_schema.scylla_keyspaces`.
 async fn server_has_tablets(session: &Session) -> Result<bool, StoreError> {
@@ -372,6 +486,10 @@ struct Statements {
     spend_insert: PreparedStatement,
     spend_update: PreparedStatement,
     spend_get: PreparedStatement,
+    command_update: PreparedStatement,
+    spend_insert_state: PreparedStatement,
+    spend_update_state: PreparedStatement,
+    spend_get_row: PreparedStatement,
 }
 
 /// Rows per page of a `kv` slice: inline values are at most 64 KiB, so a page stays below
@@ -520,6 +638,47 @@ impl Statements {
             spend_get: prepare(
                 format!(
                     "SELECT version, reserved_minor FROM {ks}.spend_periods \
+                     WHERE customer = ? AND credit_type = ? AND period_start = ?"
+                ),
+                None,
+                true,
+                true,
+            )
+            .await?,
+            command_update: prepare(
+                format!(
+                    "UPDATE {ks}.recharge_commands SET state = ? WHERE command_id = ? \
+                     IF state = ?"
+                ),
+                None,
+                false,
+                false,
+            )
+            .await?,
+            spend_insert_state: prepare(
+                format!(
+                    "INSERT INTO {ks}.spend_periods \
+                     (customer, credit_type, period_start, reserved_minor, version, state) \
+                     VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+                ),
+                None,
+                false,
+                false,
+            )
+            .await?,
+            spend_update_state: prepare(
+                format!(
+                    "UPDATE {ks}.spend_periods SET reserved_minor = ?, version = ?, state = ? \
+                     WHERE customer = ? AND credit_type = ? AND period_start = ? IF version = ?"
+                ),
+                None,
+                false,
+                false,
+            )
+            .await?,
+            spend_get_row: prepare(
+                format!(
+                    "SELECT version, reserved_minor, state FROM {ks}.spend_periods \
                      WHERE customer = ? AND credit_type = ? AND period_start = ?"
                 ),
                 None,

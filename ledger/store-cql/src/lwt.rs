@@ -40,6 +40,17 @@ pub struct SpendPeriod {
     pub reserved_minor: i64,
 }
 
+/// A whole spend period row with the recharger's state, as read at `LOCAL_SERIAL`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpendRow {
+    /// Its version (1 after the first reservation, +1 per applied compare-and-set).
+    pub version: i64,
+    /// Spend reserved in the period, in the currency's minor unit.
+    pub reserved_minor: i64,
+    /// The recharger's record of the period (empty when written without one).
+    pub state: Vec<u8>,
+}
+
 /// The primary key of a spend period row.
 pub struct SpendKey {
     /// Customer id.
@@ -171,6 +182,120 @@ pub async fn compare_and_set_spend(
         current_version: current.map_or(0, |row| row.version),
         current_reserved: current.map_or(0, |row| row.reserved_minor),
     })
+}
+
+/// `UPDATE recharge_commands SET state = ? ... IF state = ?`: whether it applied.
+pub async fn replace_command_state(
+    inner: &Inner,
+    command_id: String,
+    expected: Vec<u8>,
+    new_state: Vec<u8>,
+) -> Result<bool, StoreError> {
+    let statements = inner.statements().await?;
+    let what = format!("replace_command_state of command {command_id:?}");
+    let result = inner
+        .session
+        .execute_unpaged(
+            &statements.command_update,
+            (new_state, command_id.as_str(), expected),
+        )
+        .await
+        .map_err(|e| lwt_error(&what, &e))?;
+    let (applied, _) = lwt_answer(&what, result)?;
+    Ok(applied)
+}
+
+/// Compare-and-set of a spend period row on its version, writing the recharger's state
+/// with the reservation: whether it applied.
+pub async fn compare_and_set_spend_state(
+    inner: &Inner,
+    key: SpendKey,
+    expected_version: i64,
+    new_reserved: i64,
+    state: Vec<u8>,
+) -> Result<bool, StoreError> {
+    if expected_version < 0 {
+        return Err(StoreError::InvalidRequest(format!(
+            "expected a spend period version of 0 (no row yet) or more, found {expected_version}"
+        )));
+    }
+    let new_version = expected_version.checked_add(1).ok_or_else(|| {
+        StoreError::InvalidRequest(format!(
+            "expected a spend period version below {}, found {expected_version}",
+            i64::MAX
+        ))
+    })?;
+    let statements = inner.statements().await?;
+    let what = format!(
+        "compare_and_set_spend_state of ({:?}, {:?}, {}) from version {expected_version}",
+        key.customer, key.credit_type, key.period_start
+    );
+    let result = if expected_version == 0 {
+        inner
+            .session
+            .execute_unpaged(
+                &statements.spend_insert_state,
+                (
+                    key.customer.as_str(),
+                    key.credit_type.as_str(),
+                    key.period_start,
+                    new_reserved,
+                    new_version,
+                    state,
+                ),
+            )
+            .await
+    } else {
+        inner
+            .session
+            .execute_unpaged(
+                &statements.spend_update_state,
+                (
+                    new_reserved,
+                    new_version,
+                    state,
+                    key.customer.as_str(),
+                    key.credit_type.as_str(),
+                    key.period_start,
+                    expected_version,
+                ),
+            )
+            .await
+    }
+    .map_err(|e| lwt_error(&what, &e))?;
+    let (applied, _) = lwt_answer(&what, result)?;
+    Ok(applied)
+}
+
+/// A whole spend period row, read at `LOCAL_SERIAL`.
+pub async fn spend_row(inner: &Inner, key: &SpendKey) -> Result<Option<SpendRow>, StoreError> {
+    let statements = inner.statements().await?;
+    let result = inner
+        .session
+        .execute_unpaged(
+            &statements.spend_get_row,
+            (
+                key.customer.as_str(),
+                key.credit_type.as_str(),
+                key.period_start,
+            ),
+        )
+        .await
+        .map_err(backend(format!(
+            "spend_row: expected to read ({:?}, {:?}, {}) at LOCAL_SERIAL",
+            key.customer, key.credit_type, key.period_start
+        )))?;
+    let rows = result
+        .into_rows_result()
+        .map_err(backend("spend_row: expected rows"))?;
+    let row = rows
+        .maybe_first_row::<(Option<i64>, Option<i64>, Option<Vec<u8>>)>()
+        .map_err(backend("spend_row: expected a (bigint, bigint, blob) row"))?;
+    Ok(row.map(|(version, reserved, state)| SpendRow {
+        version: version.unwrap_or(0),
+        reserved_minor: reserved.unwrap_or(0),
+        state: state.unwrap_or_default(),
+    }))
 }
 
 /// A spend period row, read at `LOCAL_SERIAL`.

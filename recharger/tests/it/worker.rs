@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use refill_ledger::input::{RechargeOutcome, RechargeResult};
 use refill_ledger::spend::CommandState;
 use refill_ledger::testkit::{cents, credits};
-use refill_recharger::{Gateway, Recharger, RechargerConfig, RechargerError, SandboxGateway};
+use refill_recharger::{
+    Gateway, RechargeBook, Recharger, RechargerConfig, RechargerError, SandboxGateway, StoreBook,
+};
 
 use crate::support::{Down, LosesAnswers, MemStore, command};
 
@@ -20,7 +22,7 @@ fn fast() -> RechargerConfig {
     }
 }
 
-async fn open<G: Gateway>(gateway: G, store: &Arc<MemStore>) -> Recharger<G, MemStore> {
+async fn open<G: Gateway>(gateway: G, store: &Arc<MemStore>) -> Recharger<G, StoreBook<MemStore>> {
     Recharger::open(gateway, Arc::clone(store), fast())
         .await
         .expect("open")
@@ -55,7 +57,7 @@ async fn a_redelivered_command_is_charged_once() {
 
     // After a restart too, from the stored book, without calling the gateway.
     let mut restarted = open(Arc::clone(&sandbox), &store).await;
-    assert_eq!(restarted.pending().count(), 0);
+    assert_eq!(restarted.pending().await.expect("pending").len(), 0);
     assert_eq!(
         restarted.process(&recharge).await.expect("after restart"),
         first
@@ -189,14 +191,20 @@ async fn a_crash_after_the_charge_resumes_from_the_store_with_the_same_key() {
         "{failed:?}"
     );
     assert!(matches!(
-        recharger.book().command(&recharge.id),
+        recharger.book().command_state(&recharge.id).expect("state"),
         Some(CommandState::Reserved { .. })
     ));
     drop(recharger); // the crash
 
     // The restarted worker finds the reservation in the store and resumes it by itself.
     let mut restarted = open(Arc::clone(&sandbox), &store).await;
-    let pending: Vec<_> = restarted.pending().map(|c| c.id.clone()).collect();
+    let pending: Vec<_> = restarted
+        .pending()
+        .await
+        .expect("pending")
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
     assert_eq!(pending, vec![recharge.id.clone()]);
     let resumed = restarted.resume().await.expect("resume");
     assert_eq!(
@@ -206,7 +214,7 @@ async fn a_crash_after_the_charge_resumes_from_the_store_with_the_same_key() {
             result: charged(30, 300)
         }]
     );
-    assert_eq!(restarted.pending().count(), 0);
+    assert_eq!(restarted.pending().await.expect("pending").len(), 0);
     assert_eq!(sandbox.calls(&key), 4, "every attempt used the command id");
     assert_eq!(
         sandbox.payments(),
@@ -278,7 +286,13 @@ async fn nothing_is_charged_before_the_reservation_is_durable() {
         0,
         "no charge without a durable reservation"
     );
-    assert!(recharger.book().command(&recharge.id).is_none());
+    assert!(
+        recharger
+            .book()
+            .command_state(&recharge.id)
+            .expect("state")
+            .is_none()
+    );
 
     // The reservation is stored but the result is not: the redelivery replays the key.
     store.fail_writes_after(1);

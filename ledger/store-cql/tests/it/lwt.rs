@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Barrier};
 
-use refill_store_cql::{CasOutcome, SpendPeriod};
+use refill_store_cql::{CasOutcome, SpendPeriod, SpendRow};
 
 use crate::{Keyspaces, server};
 
@@ -267,5 +267,106 @@ fn retried_increments_from_two_tasks_add_up() {
             reserved_minor: TASKS * INCREMENTS * 25
         }),
         "expected every applied increment counted once"
+    );
+}
+
+#[test]
+fn the_spend_state_moves_with_the_reservation_and_command_states_by_compare_and_set() {
+    let Some(address) = server() else { return };
+    let keyspaces = Keyspaces::new(&address);
+    let store = keyspaces.fresh();
+    let cas = |expected: i64, reserved: i64, state: &[u8]| {
+        store
+            .compare_and_set_spend_state("cus_1", "usd", 7, expected, reserved, state)
+            .expect("compare_and_set_spend_state")
+    };
+    assert_eq!(store.spend_row("cus_1", "usd", 7).expect("read"), None);
+    assert!(cas(0, 300, b"one line"), "expected the row created");
+    assert!(!cas(0, 900, b"other"), "expected the create to apply once");
+    assert!(
+        !cas(2, 900, b"other"),
+        "expected no update from a wrong version"
+    );
+    assert_eq!(
+        store.spend_row("cus_1", "usd", 7).expect("read"),
+        Some(SpendRow {
+            version: 1,
+            reserved_minor: 300,
+            state: b"one line".to_vec()
+        })
+    );
+    assert!(cas(1, 500, b"two lines"));
+    assert_eq!(
+        store.spend_period("cus_1", "usd", 7).expect("read"),
+        Some(SpendPeriod {
+            version: 2,
+            reserved_minor: 500
+        }),
+        "the same row as the plain helpers see it"
+    );
+
+    assert!(
+        store
+            .insert_if_absent("cus_1/usd/1", b"reserved")
+            .expect("insert")
+    );
+    assert!(
+        !store
+            .replace_command_state("cus_1/usd/1", b"other", b"done")
+            .expect("replace"),
+        "expected no change from a stale state"
+    );
+    assert!(
+        store
+            .replace_command_state("cus_1/usd/1", b"reserved", b"done")
+            .expect("replace")
+    );
+    assert_eq!(
+        store.command_state("cus_1/usd/1").expect("read"),
+        Some(b"done".to_vec())
+    );
+    assert!(
+        !store
+            .replace_command_state("cus_1/usd/2", b"", b"done")
+            .expect("replace"),
+        "expected no row made by a replace"
+    );
+}
+
+#[test]
+fn migrate_adds_the_state_column_to_an_older_spend_table() {
+    let Some(address) = server() else { return };
+    let keyspaces = Keyspaces::new(&address);
+    let keyspace = keyspaces.name();
+    // The table as the first release made it, without `state`.
+    keyspaces.raw(async |session| {
+        for ddl in [
+            format!(
+                "CREATE KEYSPACE {keyspace} WITH replication = \
+                 {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+            ),
+            format!(
+                "CREATE TABLE {keyspace}.spend_periods (customer text, credit_type text, \
+                 period_start bigint, reserved_minor bigint, version bigint, \
+                 PRIMARY KEY ((customer, credit_type), period_start))"
+            ),
+        ] {
+            session.query_unpaged(ddl, ()).await.expect("old schema");
+        }
+    });
+    let store = refill_store_cql::CqlStore::connect(&address, &keyspace).expect("connects");
+    store.migrate().expect("migrate adds the column");
+    store.migrate().expect("and runs again unchanged");
+    assert!(
+        store
+            .compare_and_set_spend_state("c", "t", 0, 0, 1, b"s")
+            .expect("cas")
+    );
+    assert_eq!(
+        store
+            .spend_row("c", "t", 0)
+            .expect("read")
+            .map(|row| row.state),
+        Some(b"s".to_vec())
     );
 }
