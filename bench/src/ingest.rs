@@ -105,7 +105,7 @@ struct Workload {
 }
 
 /// One event as producers send it (80 bytes with the comma).
-fn push_event(body: &mut String, index: u64, customer: &str, value: u32) {
+pub(crate) fn push_event(body: &mut String, index: u64, customer: &str, value: u32) {
     let _ = write!(
         body,
         r#"{{"id":"e{index:010}","customer_id":"{customer}","feature_id":"{FEATURE}","value":{value}}}"#
@@ -167,7 +167,7 @@ pub struct PostRun {
 /// POSTs every body to `path` over `clients` keep-alive connections, each taking the next
 /// body when its previous one was answered. With `check`, every answer must be a 202
 /// with nothing rejected.
-fn post_all(
+pub(crate) fn post_all(
     http: &Http,
     path: &str,
     bodies: &Arc<Vec<Bytes>>,
@@ -258,8 +258,7 @@ struct Route {
 
 impl Route {
     fn shard_of(self, customer: &str) -> u32 {
-        let hash = xxhash_rust::xxh3::xxh3_64(customer.as_bytes());
-        u32::try_from(hash % u64::from(self.shards)).expect("below the shard count")
+        refill_ingest::engine::kafka_partition_of(customer.as_bytes(), self.shards)
     }
 }
 
@@ -746,7 +745,11 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<IngestReport> {
                     body_inputs.push(inputs);
                     continue;
                 }
-                let batch = LogBatch { at: now(), inputs };
+                let batch = LogBatch {
+                    at: now(),
+                    inputs,
+                    sources: None,
+                };
                 body_records.push((shard, postcard::to_stdvec(&batch)?));
                 body_inputs.push(batch.inputs);
             }

@@ -254,9 +254,9 @@ pub fn run(args: &RestartArgs) -> anyhow::Result<RestartReport> {
     let started = Instant::now();
     let mut restored = 0;
     for bytes in &snapshots {
-        // The first 8 bytes are the log offset the snapshot covers (see Engine).
-        let body = bytes.get(8..).context("truncated snapshot")?;
-        restored += Shard::restore(body)?.account_count();
+        let row = refill_ingest::engine::snapshot_row::decode(bytes)
+            .context("expected a snapshot row, found a truncated one")?;
+        restored += Shard::restore(row.shard)?.account_count();
     }
     let restore = started.elapsed();
     ensure!(restored == names.len(), "restored {restored} accounts");

@@ -80,6 +80,15 @@ impl From<EngineError> for ApiError {
                 message: error.to_string(),
                 field: None,
             },
+            EngineError::NotOwner { .. } => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "not_owner",
+                message: format!(
+                    "{error}: send this customer's requests to the worker that owns its \
+                     refill.usage partition"
+                ),
+                field: None,
+            },
             other => Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "unavailable",

@@ -70,18 +70,21 @@ pub struct Api {
     api_key: Arc<String>,
     charger: Arc<dyn Charger>,
     limits: ApiLimits,
-    features: Arc<RwLock<HashSet<String>>>,
+    features: Arc<RwLock<Option<HashSet<String>>>>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Api {
-    /// The API over `engine`; `features` are the feature ids known at start.
+    /// The API over `engine`; `features` are the feature ids known at start, checked at the
+    /// edge (an unknown feature is refused with the request); `None` when this node cannot
+    /// know them all (a scaled-out worker owning some shards), and the shards refuse unknown
+    /// features themselves.
     pub fn new(
         engine: Engine,
         api_key: String,
         charger: Arc<dyn Charger>,
         limits: ApiLimits,
-        features: HashSet<String>,
+        features: Option<HashSet<String>>,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
         Self {
@@ -121,7 +124,7 @@ impl Api {
         Router::new()
             .nest("/v1", v1)
             .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(|| async { "ready" }))
+            .route("/readyz", get(readyz))
             .route("/metrics", get(get_metrics))
             .route(
                 "/openapi.json",
@@ -216,10 +219,14 @@ async fn put_feature(
 ) -> Result<Json<Value>, ApiError> {
     let feature = parse::<wire::FeatureBody>(&body)?.into_domain(&path_id)?;
     api.write_catalog(Input::PutFeature(feature)).await?;
-    api.features
+    if let Some(features) = api
+        .features
         .write()
         .unwrap_or_else(|poison| poison.into_inner())
-        .insert(path_id.clone());
+        .as_mut()
+    {
+        features.insert(path_id.clone());
+    }
     Ok(Json(json!({"id": path_id})))
 }
 
@@ -651,7 +658,11 @@ async fn post_events(
             .unwrap_or_else(|poison| poison.into_inner());
         for (index, event) in events.into_iter().enumerate() {
             match event {
-                Ok(event) if !features.contains(event.feature.as_str()) => {
+                Ok(event)
+                    if features
+                        .as_ref()
+                        .is_some_and(|known| !known.contains(event.feature.as_str())) =>
+                {
                     rejected.push(json!({"index": index, "error": {"code": "unknown_feature", "message": format!("unknown feature {:?}", event.feature.as_str()), "field": "feature_id"}}));
                 }
                 Ok(event) => {
@@ -706,6 +717,19 @@ async fn post_events(
         answer["duplicates"] = json!(duplicates);
     }
     Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// Ready, with the shards this node owns (all of them on one machine; those of its
+/// partitions when scaled out over Kafka) and the log offset each has applied.
+async fn readyz(State(api): State<Api>) -> Json<Value> {
+    let applied = api.engine.applied_offsets();
+    let owned: Vec<Value> = api
+        .engine
+        .owned_shards()
+        .into_iter()
+        .map(|shard| json!({"shard": shard, "applied_through": applied.get(shard as usize)}))
+        .collect();
+    Json(json!({"status": "ready", "shards": api.engine.shards(), "owned": owned}))
 }
 
 async fn get_metrics(State(api): State<Api>) -> Response {

@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod intake;
 pub mod num;
 pub mod openapi;
 pub mod page;

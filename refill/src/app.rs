@@ -27,7 +27,7 @@ pub struct App {
 }
 
 /// The sandbox gateway charging plan prices for subscriptions.
-struct GatewayCharger(Arc<SandboxGateway>);
+pub struct GatewayCharger(pub Arc<SandboxGateway>);
 
 impl Charger for GatewayCharger {
     fn charge(
@@ -149,7 +149,7 @@ pub async fn start_on(
         api_key,
         Arc::new(GatewayCharger(Arc::clone(&gateway))),
         ApiLimits::default(),
-        features,
+        Some(features),
         metrics,
     );
     Ok(App {
@@ -203,6 +203,21 @@ pub fn open_store(
         .with_context(|| format!("expected --store embedded, scylla://HOST:PORT or cassandra://HOST:PORT, found {url:?}"))?;
     let store = refill_store_cql::CqlStore::connect(address, CQL_KEYSPACE).with_context(|| {
         format!("cannot use the CQL store at {address} (has `refill migrate` run?)")
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// Connects to the CQL store of a `scylla://HOST:PORT` or `cassandra://HOST:PORT` URL, in
+/// `keyspace`.
+pub fn open_cql_store(url: &str, keyspace: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let address = url
+        .strip_prefix("scylla://")
+        .or_else(|| url.strip_prefix("cassandra://"))
+        .with_context(|| {
+            format!("expected scylla://HOST:PORT or cassandra://HOST:PORT, found {url:?}")
+        })?;
+    let store = refill_store_cql::CqlStore::connect(address, keyspace).with_context(|| {
+        format!("cannot use keyspace {keyspace} of the CQL store at {address} (has `refill migrate` run?)")
     })?;
     Ok(Arc::new(store))
 }

@@ -1,7 +1,9 @@
 //! The `refill` binary: a thin layer that parses the command line and hands each command
 //! to the crate that does the work.
 
+mod ingest;
 mod migrate;
+mod recharger;
 mod serve;
 mod simulate;
 
@@ -21,6 +23,14 @@ enum Command {
     /// API: on the embedded log and store by default (nothing to install), or on Kafka
     /// (`--log kafka://HOST:PORT`) and a CQL store (`--store scylla://HOST:PORT`).
     Serve(serve::ServeArgs),
+    /// One ingest worker of a scaled-out deployment: joins the consumer group on
+    /// refill.usage, owns the shards of the partitions it is given (journal on Kafka, state
+    /// in the CQL store), sends recharge commands to Kafka, serves the API of its accounts.
+    Ingest(ingest::IngestArgs),
+    /// One recharger of a scaled-out deployment: consumes refill.recharge-commands in the
+    /// consumer group refill-recharger, reserves spend and dedups command ids in the CQL
+    /// store (LWT), charges the gateway, publishes outcomes on refill.account-commands.
+    Recharger(recharger::RechargerArgs),
     /// Apply the Kafka topic settings and the CQL schema (idempotent).
     Migrate(migrate::MigrateArgs),
     /// Run the deterministic simulator: random workloads with crashes, duplicate and
@@ -34,6 +44,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(&args),
+        Command::Ingest(args) => ingest::run(&args),
+        Command::Recharger(args) => recharger::run(&args),
         Command::Migrate(args) => migrate::run(&args),
         Command::Simulate(args) => simulate::run(&args),
     }

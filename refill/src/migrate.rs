@@ -17,6 +17,13 @@ pub struct MigrateArgs {
     /// CQL address (ScyllaDB or Cassandra); the schema is applied when given.
     #[arg(long, env = "REFILL_CASSANDRA")]
     cql: Option<String>,
+    /// A prefix before every topic name (a namespace on a shared cluster), as `refill
+    /// ingest --topic-prefix` and `refill recharger --topic-prefix` use it.
+    #[arg(long, env = "REFILL_TOPIC_PREFIX", default_value = "")]
+    topic_prefix: String,
+    /// The CQL keyspace to create.
+    #[arg(long, env = "REFILL_KEYSPACE", default_value = refill::app::CQL_KEYSPACE)]
+    keyspace: String,
 }
 
 /// Applies what was asked; fails when nothing was.
@@ -26,8 +33,10 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<()> {
         "expected --kafka and/or --cql (or REFILL_KAFKA / REFILL_CASSANDRA), found neither"
     );
     if let Some(bootstrap) = &args.kafka {
+        let specs = refill_store_kafka::load_topics(&args.topics)?;
+        let specs = refill_store_kafka::prefixed_specs(&specs, &args.topic_prefix, None);
         let report =
-            refill_store_kafka::apply_topics(bootstrap, &args.topics).with_context(|| {
+            refill_store_kafka::apply_topic_specs(bootstrap, &specs).with_context(|| {
                 format!(
                     "cannot apply {} to Kafka at {bootstrap}",
                     args.topics.display()
@@ -41,14 +50,14 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(address) = &args.cql {
-        let store = refill_store_cql::CqlStore::connect(address, refill::app::CQL_KEYSPACE)
+        let store = refill_store_cql::CqlStore::connect(address, &args.keyspace)
             .with_context(|| format!("cannot reach the CQL store at {address}"))?;
         store
             .migrate()
             .with_context(|| format!("cannot apply the schema at {address}"))?;
         println!(
             "cql: keyspace {} and tables are in place at {address}",
-            refill::app::CQL_KEYSPACE
+            args.keyspace
         );
     }
     Ok(())

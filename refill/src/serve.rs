@@ -18,10 +18,16 @@ pub struct ServeArgs {
     /// HTTP address to listen on.
     #[arg(long, env = "REFILL_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Shards (one writer thread each). Fixed for a data folder once created.
-    #[arg(long, env = "REFILL_SHARDS", default_value_t = 2)]
-    shards: u32,
-    /// The log: `embedded` (in --data) or `kafka://HOST:PORT` (topic `refill.journal`).
+    /// Shards (one writer thread each). Fixed for a data folder once created. On the
+    /// embedded log 2 unless told; on Kafka the partition count of refill.usage (one shard
+    /// per partition), which this must match if given.
+    #[arg(long, env = "REFILL_SHARDS")]
+    shards: Option<u32>,
+    /// The log: `embedded` (in --data) or `kafka://HOST:PORT` (the shards' journal on topic
+    /// `refill.journal`; usage produced to `refill.usage` and account commands on
+    /// `refill.account-commands` are consumed in the group `refill-ingest`, after `refill
+    /// migrate`). A `serve` on Kafka is the only member of that group: scale out with
+    /// `refill ingest` and `refill recharger` instead.
     #[arg(long, env = "REFILL_LOG", default_value = "embedded")]
     log: String,
     /// The store: `embedded` (in --data), `scylla://HOST:PORT` or `cassandra://HOST:PORT`.
@@ -80,7 +86,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+pub(crate) fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     let seconds = [
         0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -99,31 +105,73 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let key = api_key(args)?;
     let metrics = install_metrics()?;
     refill_ingest::describe_metrics();
+    let kafka = args.log.strip_prefix("kafka://");
+    let shards = match (kafka, args.shards) {
+        (None, shards) => shards.unwrap_or(2),
+        (Some(bootstrap), shards) => {
+            let usage = refill_store_kafka::USAGE_TOPIC;
+            let partitions =
+                refill_store_kafka::partition_count(bootstrap, usage).with_context(|| {
+                    format!("cannot read the partitions of {usage} (has `refill migrate` run?)")
+                })?;
+            anyhow::ensure!(
+                shards.is_none_or(|shards| shards == partitions),
+                "expected --shards to match the {partitions} partitions of {usage} (one shard \
+                 per partition), found {}",
+                shards.unwrap_or(partitions)
+            );
+            partitions
+        }
+    };
     let mut embedded = None;
-    let log = refill::app::open_log(&args.log, &args.data, args.shards, &mut embedded)?;
-    let store = refill::app::open_store(&args.store, &args.data, args.shards, &mut embedded)?;
-    let app = refill::app::start_on(log, store, args.shards, key, Some(metrics)).await?;
+    let log = refill::app::open_log(&args.log, &args.data, shards, &mut embedded)?;
+    let store = refill::app::open_store(&args.store, &args.data, shards, &mut embedded)?;
+    let app = refill::app::start_on(log, store, shards, key, Some(metrics)).await?;
+    // On Kafka, producers' usage and other roles' account commands come in through the
+    // group intake; this process owns every shard already, so the group's assignment only
+    // tells the intake where each shard's sources continue.
+    let intake = match kafka {
+        Some(bootstrap) => {
+            let engine = app.engine.clone();
+            let config = refill_ingest::intake::IntakeConfig::new(
+                bootstrap,
+                refill_store_kafka::Topics::default(),
+                "refill-ingest",
+            );
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    refill_ingest::intake::Intake::start(engine, config)
+                })
+                .await??,
+            )
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!(
-        "refill: serving on http://{} (data in {}, {} shards)",
+        "refill: serving on http://{} (data in {}, {shards} shards)",
         args.listen,
         args.data.display(),
-        args.shards
     );
     axum::serve(listener, app.router)
         .with_graceful_shutdown(shutdown())
         .await
         .context("the HTTP server failed")?;
     eprintln!("refill: draining");
+    if let Some(intake) = intake {
+        tokio::task::spawn_blocking(move || intake.stop())
+            .await?
+            .context("the Kafka intake failed")?;
+    }
     let engine = app.engine;
     tokio::task::spawn_blocking(move || engine.stop()).await?;
     eprintln!("refill: stopped");
     Ok(())
 }
 
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

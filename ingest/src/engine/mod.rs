@@ -1,22 +1,35 @@
-//! The engine: one worker thread per shard, each the single writer of its accounts. A
-//! worker restores its shard from the last snapshot, replays the log after it, then applies
-//! each new log record as one batch, writes the effects' rows, answers waiting writers, and
-//! hands recharge commands to the recharger. Everything durable goes through the log first.
+//! The engine: one worker thread per owned shard, each the single writer of its accounts.
+//! A worker restores its shard from the last snapshot, replays the log after it, then
+//! applies each new log record as one batch, writes the effects' rows, answers waiting
+//! writers, and hands recharge commands to the recharger. Everything durable goes through
+//! the log first.
+//!
+//! Ownership: on one machine the engine owns every shard from the start
+//! ([`Engine::start`]). Scaled out over Kafka, it owns the shards whose `refill.usage`
+//! partitions the consumer group gave it ([`Engine::create`], then [`Engine::acquire`] and
+//! [`Engine::release`] as partitions come and go); writes to a shard it does not own are
+//! refused with [`EngineError::NotOwner`].
+
+mod partition;
+pub mod snapshot_row;
+mod worker;
+
+pub use partition::kafka_partition_of;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
-use refill_ledger::effects::{Effects, Outcome, RechargeCommand};
+use refill_ledger::effects::{Outcome, RechargeCommand};
 use refill_ledger::{Credits, Input, Shard, ShardConfig, TimestampMs};
-use refill_store::{Log, Store, StoreError, Write};
+use refill_store::{Log, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::rows::{self, AttemptRow, EntryRow};
+use worker::Worker;
 
 /// Why the engine could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +46,12 @@ pub enum EngineError {
     /// The shard's worker stopped.
     #[error("shard {shard} is not running")]
     Stopped {
+        /// The shard.
+        shard: u32,
+    },
+    /// Another worker of the consumer group owns the shard (scale-out over Kafka).
+    #[error("expected a shard this worker owns, found shard {shard} owned by another worker")]
+    NotOwner {
         /// The shard.
         shard: u32,
     },
@@ -76,6 +95,22 @@ pub struct LogBatch {
     pub at: TimestampMs,
     /// The inputs.
     pub inputs: Vec<Input>,
+    /// For a batch read from Kafka, where its sources continue after it; `None` for
+    /// writes of the HTTP API and ticks.
+    pub sources: Option<SourceMarks>,
+}
+
+/// How far a shard's journal has taken its Kafka sources: the next offset to read in the
+/// shard's partition of `refill.usage` and of `refill.account-commands`. Kept in the
+/// journal batch that consumed them and in snapshots, so a worker taking the shard over
+/// resumes exactly after the last applied record: each record is applied once, whatever
+/// the consumer group committed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceMarks {
+    /// Next offset of the shard's `refill.usage` partition.
+    pub usage_next: u64,
+    /// Next offset of the shard's `refill.account-commands` partition.
+    pub commands_next: u64,
 }
 
 /// The result of one applied log record, for the writer waiting on it.
@@ -85,7 +120,7 @@ pub struct Applied {
     pub outcomes: Vec<(u32, Outcome)>,
 }
 
-type ReadJob = Box<dyn FnOnce(&Shard) + Send>;
+type ReadJob = Box<dyn FnOnce(&Shard, SourceMarks) + Send>;
 
 enum Wake {
     Appended,
@@ -95,8 +130,11 @@ enum Wake {
 
 struct ShardLane {
     wake: Sender<Wake>,
+    wake_receiver: Receiver<Wake>,
     waiters: Mutex<BTreeMap<u64, oneshot::Sender<Applied>>>,
     applied_through: AtomicU64,
+    owned: AtomicBool,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Balances readable without locks by API threads; updated by the owning worker.
@@ -114,7 +152,7 @@ struct Inner {
     config: EngineConfig,
     lanes: Vec<ShardLane>,
     balances: BalanceTable,
-    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
 }
 
 /// The current wall-clock time, the only clock reading of the engine.
@@ -134,49 +172,141 @@ impl Engine {
         config: EngineConfig,
         commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
     ) -> Result<Engine, EngineError> {
+        let engine = Engine::create(log, store, config, commands);
+        for shard in 0..config.shards {
+            engine.acquire(shard)?;
+        }
+        Ok(engine)
+    }
+
+    /// An engine that owns no shard yet: [`Engine::acquire`] starts each shard it is given.
+    pub fn create(
+        log: Arc<dyn Log>,
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
+    ) -> Engine {
         assert_eq!(
             log.partitions(),
             config.shards,
             "one log partition per shard"
         );
-        let mut receivers = Vec::new();
         let lanes = (0..config.shards)
             .map(|_| {
-                let (wake, receiver) = crossbeam_channel::unbounded();
-                receivers.push(receiver);
+                let (wake, wake_receiver) = crossbeam_channel::unbounded();
                 ShardLane {
                     wake,
+                    wake_receiver,
                     waiters: Mutex::new(BTreeMap::new()),
                     applied_through: AtomicU64::new(0),
+                    owned: AtomicBool::new(false),
+                    worker: Mutex::new(None),
                 }
             })
             .collect();
-        let engine = Engine {
+        Engine {
             inner: Arc::new(Inner {
                 log,
                 store,
                 config,
                 lanes,
                 balances: DashMap::new(),
-                workers: Mutex::new(Vec::new()),
+                commands,
             }),
-        };
-        for (shard, receiver) in (0_u32..).zip(receivers) {
-            let mut worker = Worker::open(engine.clone(), shard, commands.clone())?;
-            let handle = std::thread::Builder::new()
-                .name(format!("shard-{shard}"))
-                .spawn(move || worker.run(&receiver))
-                .map_err(|error| {
-                    EngineError::Corrupt(format!("cannot start a worker thread: {error}"))
-                })?;
-            engine
-                .inner
-                .workers
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .push(handle);
         }
-        Ok(engine)
+    }
+
+    /// Takes a shard: restores it from its last snapshot, replays its log after it, and
+    /// starts its worker. Returns where its Kafka sources continue (zeros when the journal
+    /// holds no batch from Kafka). Taking a shard already owned changes nothing.
+    pub fn acquire(&self, shard: u32) -> Result<SourceMarks, EngineError> {
+        let lane = self.lane(shard)?;
+        let mut slot = lane
+            .worker
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if slot.is_some() {
+            return self.read_marks_blocking(shard);
+        }
+        let mut worker = Worker::open(self.clone(), shard, self.inner.commands.clone())?;
+        let marks = worker.sources();
+        lane.applied_through
+            .store(worker.next_offset(), Ordering::Release);
+        let receiver = lane.wake_receiver.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("shard-{shard}"))
+            .spawn(move || worker.run(&receiver))
+            .map_err(|error| {
+                EngineError::Corrupt(format!("cannot start a worker thread: {error}"))
+            })?;
+        *slot = Some(handle);
+        lane.owned.store(true, Ordering::Release);
+        metrics::gauge!("refill_ingest_shards_owned").increment(1.0);
+        Ok(marks)
+    }
+
+    /// Gives a shard up: its worker applies what is logged, writes a snapshot (so the next
+    /// owner restores fast) and stops; its balances leave the table. Releasing a shard not
+    /// owned changes nothing.
+    pub fn release(&self, shard: u32) -> Result<(), EngineError> {
+        let lane = self.lane(shard)?;
+        let mut slot = lane
+            .worker
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let Some(handle) = slot.take() else {
+            return Ok(());
+        };
+        // Refuse new writes first: nothing may be appended after the final snapshot.
+        lane.owned.store(false, Ordering::Release);
+        let _ = lane.wake.send(Wake::Stop);
+        let _ = handle.join();
+        self.inner
+            .balances
+            .retain(|(customer, _), _| self.shard_of(customer) != shard);
+        metrics::gauge!("refill_ingest_shards_owned").decrement(1.0);
+        Ok(())
+    }
+
+    /// Whether this engine owns the shard now.
+    pub fn owns(&self, shard: u32) -> bool {
+        self.lane(shard)
+            .is_ok_and(|lane| lane.owned.load(Ordering::Acquire))
+    }
+
+    /// The shards this engine owns now.
+    pub fn owned_shards(&self) -> Vec<u32> {
+        (0..self.shards())
+            .filter(|&shard| self.owns(shard))
+            .collect()
+    }
+
+    fn lane(&self, shard: u32) -> Result<&ShardLane, EngineError> {
+        self.inner
+            .lanes
+            .get(shard as usize)
+            .ok_or(EngineError::Stopped { shard })
+    }
+
+    /// Where an owned shard's Kafka sources stand after what it applied (blocking: asks the
+    /// worker between batches, after it applied what is durable).
+    pub fn source_marks(&self, shard: u32) -> Result<SourceMarks, EngineError> {
+        if !self.owns(shard) {
+            return Err(EngineError::NotOwner { shard });
+        }
+        self.read_marks_blocking(shard)
+    }
+
+    fn read_marks_blocking(&self, shard: u32) -> Result<SourceMarks, EngineError> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let job: ReadJob = Box::new(move |_state: &Shard, marks: SourceMarks| {
+            let _ = sender.send(marks);
+        });
+        self.lane(shard)?
+            .wake
+            .send(Wake::Read(job))
+            .map_err(|_| EngineError::Stopped { shard })?;
+        receiver.recv().map_err(|_| EngineError::Stopped { shard })
     }
 
     /// Number of shards.
@@ -184,17 +314,47 @@ impl Engine {
         self.inner.config.shards
     }
 
-    /// The shard that owns a customer.
+    /// The shard that owns a customer: the partition Kafka's default partitioner gives the
+    /// customer id as a key, so usage produced to `refill.usage` lands on its shard.
     pub fn shard_of(&self, customer: &str) -> u32 {
-        let hash = xxhash_rust::xxh3::xxh3_64(customer.as_bytes());
-        u32::try_from(hash % u64::from(self.inner.config.shards)).expect("below the shard count")
+        kafka_partition_of(customer.as_bytes(), self.inner.config.shards)
     }
 
     /// Appends a batch to a shard's log (durable when this returns) and returns its offset.
     pub fn append(&self, shard: u32, inputs: Vec<Input>) -> Result<u64, EngineError> {
-        let record = postcard::to_stdvec(&LogBatch { at: now(), inputs })
-            .expect("serializing to memory cannot fail");
-        let lane = &self.inner.lanes[shard as usize];
+        self.append_batch(
+            shard,
+            &LogBatch {
+                at: now(),
+                inputs,
+                sources: None,
+            },
+        )
+    }
+
+    /// Appends a batch read from Kafka with the marks it takes its sources to.
+    pub fn append_from_sources(
+        &self,
+        shard: u32,
+        inputs: Vec<Input>,
+        sources: SourceMarks,
+    ) -> Result<u64, EngineError> {
+        self.append_batch(
+            shard,
+            &LogBatch {
+                at: now(),
+                inputs,
+                sources: Some(sources),
+            },
+        )
+    }
+
+    fn append_batch(&self, shard: u32, batch: &LogBatch) -> Result<u64, EngineError> {
+        let lane = self.lane(shard)?;
+        if !lane.owned.load(Ordering::Acquire) {
+            return Err(EngineError::NotOwner { shard });
+        }
+        let record = postcard::to_stdvec(batch).expect("serializing to memory cannot fail");
         let offset = self.inner.log.append(shard, &[&record])?;
         metrics::counter!("refill_ingest_log_appends_total").increment(1);
         lane.wake
@@ -215,6 +375,7 @@ impl Engine {
         // The waiter is registered under the offset before the worker can apply it: the
         // worker only reads records after `append` made them durable and visible.
         let lane_index = shard as usize;
+        self.lane(shard)?;
         let offset = tokio::task::spawn_blocking(move || {
             let lane = &engine.inner.lanes[lane_index];
             let mut waiters = lane
@@ -249,11 +410,14 @@ impl Engine {
         shard: u32,
         job: impl FnOnce(&Shard) -> T + Send + 'static,
     ) -> Result<T, EngineError> {
+        if !self.owns(shard) {
+            return Err(EngineError::NotOwner { shard });
+        }
         let (sender, receiver) = oneshot::channel();
-        let wrapped: ReadJob = Box::new(move |state: &Shard| {
+        let wrapped: ReadJob = Box::new(move |state: &Shard, _marks| {
             let _ = sender.send(job(state));
         });
-        self.inner.lanes[shard as usize]
+        self.lane(shard)?
             .wake
             .send(Wake::Read(wrapped))
             .map_err(|_| EngineError::Stopped { shard })?;
@@ -284,288 +448,8 @@ impl Engine {
 
     /// Stops the workers after they applied what is in the log and flushed a snapshot.
     pub fn stop(&self) {
-        for lane in &self.inner.lanes {
-            let _ = lane.wake.send(Wake::Stop);
+        for shard in 0..self.shards() {
+            let _ = self.release(shard);
         }
-        let workers = std::mem::take(
-            &mut *self
-                .inner
-                .workers
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner()),
-        );
-        for worker in workers {
-            let _ = worker.join();
-        }
-    }
-}
-
-/// One shard's single writer.
-struct Worker {
-    engine: Engine,
-    shard_index: u32,
-    shard: Shard,
-    next_offset: u64,
-    commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
-    effects: Effects,
-    last_snapshot: Instant,
-    snapshot_offset: u64,
-    last_activity: Instant,
-}
-
-impl Worker {
-    fn open(
-        engine: Engine,
-        shard_index: u32,
-        commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
-    ) -> Result<Worker, EngineError> {
-        let inner = &engine.inner;
-        let (shard, next_offset) = match inner
-            .store
-            .get(rows::SNAPSHOTS, &shard_index.to_be_bytes())?
-        {
-            Some(bytes) if bytes.len() >= 8 => {
-                let (offset, body) = bytes.split_at(8);
-                let offset = u64::from_be_bytes(offset.try_into().expect("eight bytes"));
-                let shard = Shard::restore(body).map_err(|error| {
-                    EngineError::Corrupt(format!("snapshot of shard {shard_index}: {error}"))
-                })?;
-                (shard, offset)
-            }
-            Some(_) => {
-                return Err(EngineError::Corrupt(format!(
-                    "snapshot of shard {shard_index} is truncated"
-                )));
-            }
-            None => (Shard::new(inner.config.shard, now()), 0),
-        };
-        let mut worker = Worker {
-            shard_index,
-            shard,
-            next_offset,
-            commands,
-            effects: Effects::default(),
-            last_snapshot: Instant::now(),
-            snapshot_offset: next_offset,
-            last_activity: Instant::now(),
-            engine,
-        };
-        let started = Instant::now();
-        let mut replayed = 0_u64;
-        while worker.apply_available()? > 0 {
-            replayed += 1;
-        }
-        // Commands in flight at the crash are published again; the recharger applies each id once.
-        for command in worker.shard.in_flight_commands() {
-            let _ = worker.commands.send(command);
-        }
-        metrics::histogram!("refill_ingest_restore_seconds")
-            .record(started.elapsed().as_secs_f64());
-        let _ = replayed;
-        Ok(worker)
-    }
-
-    fn run(&mut self, wake: &Receiver<Wake>) {
-        let tick = Duration::from_millis(self.engine.inner.config.tick_interval_ms);
-        loop {
-            match wake.recv_timeout(tick.min(Duration::from_millis(500))) {
-                Ok(Wake::Stop) => {
-                    let _ = self.apply_all();
-                    let _ = self.snapshot();
-                    return;
-                }
-                Ok(Wake::Read(job)) => {
-                    // Apply what is durable first, so a client reads its own writes.
-                    if let Err(error) = self.apply_all() {
-                        eprintln!("shard {}: apply failed: {error}", self.shard_index);
-                    }
-                    job(&self.shard);
-                }
-                Ok(Wake::Appended) => {
-                    if let Err(error) = self.apply_all() {
-                        eprintln!("shard {}: apply failed: {error}", self.shard_index);
-                    }
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    if let Err(error) = self.apply_all() {
-                        eprintln!("shard {}: apply failed: {error}", self.shard_index);
-                    }
-                    if self.last_activity.elapsed() >= tick {
-                        // Time passes even without traffic: log a tick so expiries and
-                        // period ends apply (and replay identically).
-                        self.last_activity = Instant::now();
-                        let _ = self.engine.append(self.shard_index, vec![Input::Tick]);
-                    }
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-            }
-            if self.last_snapshot.elapsed()
-                >= Duration::from_millis(self.engine.inner.config.snapshot_interval_ms)
-                && self.next_offset > self.snapshot_offset
-                && let Err(error) = self.snapshot()
-            {
-                eprintln!("shard {}: snapshot failed: {error}", self.shard_index);
-            }
-        }
-    }
-
-    fn apply_all(&mut self) -> Result<(), EngineError> {
-        while self.apply_available()? > 0 {}
-        Ok(())
-    }
-
-    /// Applies the records available now; returns how many.
-    fn apply_available(&mut self) -> Result<usize, EngineError> {
-        let inner = Arc::clone(&self.engine.inner);
-        let records = inner.log.read(
-            self.shard_index,
-            self.next_offset,
-            inner.config.read_batch_max,
-        )?;
-        if records.is_empty() {
-            return Ok(0);
-        }
-        let mut writes = Vec::new();
-        let mut finished = Vec::with_capacity(records.len());
-        for record in &records {
-            let batch: LogBatch = postcard::from_bytes(&record.bytes).map_err(|error| {
-                EngineError::Corrupt(format!(
-                    "log record {}:{}: {error}",
-                    self.shard_index, record.offset
-                ))
-            })?;
-            let started = Instant::now();
-            self.shard
-                .apply_into(batch.at, &batch.inputs, &mut self.effects);
-            metrics::histogram!("refill_ingest_apply_seconds")
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("refill_ingest_events_applied_total")
-                .increment(self.effects.events_applied);
-            metrics::counter!("refill_ingest_dedup_hits_total")
-                .increment(self.effects.events_duplicate);
-            metrics::counter!("refill_ingest_inputs_rejected_total")
-                .increment(self.effects.inputs_rejected);
-            for (_, outcome) in &self.effects.outcomes {
-                if let Outcome::Rejected(rejection) = outcome {
-                    metrics::counter!("refill_ingest_inputs_rejected_by_reason_total", "reason" => rejection.code()).increment(1);
-                }
-            }
-            for notification in &self.effects.notifications {
-                metrics::counter!("refill_ingest_notifications_total", "kind" => notification_kind(&notification.kind)).increment(1);
-            }
-            self.collect_rows(record.offset, &mut writes);
-            for command in &self.effects.commands {
-                let _ = self.commands.send(command.clone());
-            }
-            finished.push((
-                record.offset,
-                Applied {
-                    outcomes: std::mem::take(&mut self.effects.outcomes),
-                },
-            ));
-            self.next_offset = record.offset + 1;
-        }
-        if !writes.is_empty() {
-            let started = Instant::now();
-            inner.store.write(writes)?;
-            metrics::histogram!("refill_ingest_flush_seconds")
-                .record(started.elapsed().as_secs_f64());
-        }
-        let lane = &inner.lanes[self.shard_index as usize];
-        lane.applied_through
-            .store(self.next_offset, Ordering::Release);
-        let mut waiters = lane
-            .waiters
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        for (offset, applied) in finished {
-            if let Some(waiter) = waiters.remove(&offset) {
-                let _ = waiter.send(applied);
-            }
-        }
-        self.last_activity = Instant::now();
-        Ok(records.len())
-    }
-
-    /// Rows for the read side, and the lock-free balances of the changed accounts.
-    fn collect_rows(&mut self, offset: u64, writes: &mut Vec<Write>) {
-        let shard = &self.shard;
-        for entry in &self.effects.entries {
-            let customer = shard.customer_of(entry.account).id.as_str();
-            let credit_type = shard.credit_type_of(entry.account).as_str();
-            let row = EntryRow::from_entry(entry, self.shard_index, offset);
-            writes.push(Write::Put {
-                table: rows::LEDGER,
-                key: rows::row_key(customer, credit_type, entry.seq),
-                value: postcard::to_stdvec(&row).expect("serializing to memory cannot fail"),
-            });
-        }
-        for attempt in &self.effects.attempts {
-            let row = AttemptRow::from_attempt(attempt);
-            writes.push(Write::Put {
-                table: rows::ATTEMPTS,
-                key: rows::row_key(
-                    attempt.id.customer.as_str(),
-                    attempt.id.credit_type.as_str(),
-                    attempt.id.seq,
-                ),
-                value: postcard::to_stdvec(&row).expect("serializing to memory cannot fail"),
-            });
-        }
-        let balances = &self.engine.inner.balances;
-        for &handle in &self.effects.changed {
-            let key = (
-                shard.customer_of(handle).id.to_string(),
-                shard.credit_type_of(handle).to_string(),
-            );
-            let micros = shard.account(handle).balance().micros();
-            match balances.get(&key) {
-                // Release pairs with the readers' Acquire: a reader sees a balance no older
-                // than the batch that wrote it.
-                Some(cell) => cell.store(micros, Ordering::Release),
-                None => {
-                    balances.insert(key, Arc::new(std::sync::atomic::AtomicI64::new(micros)));
-                }
-            }
-        }
-    }
-
-    fn snapshot(&mut self) -> Result<(), EngineError> {
-        let mut value = self.next_offset.to_be_bytes().to_vec();
-        value.extend(self.shard.snapshot());
-        self.engine.inner.store.write(vec![Write::Put {
-            table: rows::SNAPSHOTS,
-            key: self.shard_index.to_be_bytes().to_vec(),
-            value,
-        }])?;
-        self.snapshot_offset = self.next_offset;
-        self.last_snapshot = Instant::now();
-        // Between snapshots is often enough for a gauge that alerts page on.
-        let paused = self
-            .shard
-            .accounts()
-            .filter(|(_, account)| {
-                account
-                    .auto_recharge()
-                    .is_some_and(|auto| auto.paused.is_some())
-            })
-            .count();
-        metrics::gauge!("refill_ingest_paused_accounts", "shard" => self.shard_index.to_string())
-            .set(paused as f64);
-        metrics::gauge!("refill_ingest_accounts", "shard" => self.shard_index.to_string())
-            .set(self.shard.account_count() as f64);
-        metrics::counter!("refill_ingest_snapshots_total").increment(1);
-        Ok(())
-    }
-}
-
-fn notification_kind(kind: &refill_ledger::effects::NotificationKind) -> &'static str {
-    use refill_ledger::effects::NotificationKind;
-    match kind {
-        NotificationKind::RechargeSucceeded { .. } => "recharge_succeeded",
-        NotificationKind::RechargeFailed { .. } => "recharge_failed",
-        NotificationKind::AutoRechargePaused { .. } => "auto_recharge_paused",
-        NotificationKind::AutoRechargeResumed => "auto_recharge_resumed",
-        NotificationKind::SpendLimitWarning { .. } => "spend_limit_warning",
     }
 }

@@ -18,6 +18,7 @@
 mod client;
 mod dlq;
 mod log;
+mod roles;
 mod topics;
 
 pub use dlq::{
@@ -28,6 +29,9 @@ pub use log::{KafkaLog, LogSettings};
 /// The Kafka client this crate is built on (0.39, bundled librdkafka 2.12), for callers
 /// that hand it messages ([`DeadLetters::send_message_to_dlq`]).
 pub use rdkafka;
+pub use roles::{
+    assign_consumer_config, group_consumer_config, keyed_producer_config, partition_count,
+};
 pub use topics::{
     TopicAction, TopicDifference, TopicOutcome, TopicSpec, TopicsReport, apply_topic_specs,
     apply_topics, delete_topics, load_topics, parse_topics, prefixed_specs,

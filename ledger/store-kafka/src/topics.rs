@@ -507,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn the_contract_file_has_the_four_topics_of_design_section_6() {
+    fn the_contract_file_has_the_four_topics_of_design_section_6_and_the_journal() {
         let specs = contract();
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
@@ -516,9 +516,10 @@ mod tests {
                 crate::USAGE_TOPIC,
                 crate::DLQ_TOPIC,
                 crate::RECHARGE_COMMANDS_TOPIC,
-                crate::ACCOUNT_COMMANDS_TOPIC
+                crate::ACCOUNT_COMMANDS_TOPIC,
+                crate::JOURNAL_TOPIC
             ],
-            "expected the four topics of the Kafka contract"
+            "expected the four topics of the Kafka contract and the shards' journal"
         );
         let usage = spec(&specs, crate::USAGE_TOPIC);
         let commands = spec(&specs, crate::ACCOUNT_COMMANDS_TOPIC);
@@ -530,6 +531,11 @@ mod tests {
             commands.partitions_of.as_deref(),
             Some(crate::USAGE_TOPIC),
             "expected the partition count tied to refill.usage in the file, not copied"
+        );
+        assert_eq!(
+            spec(&specs, crate::JOURNAL_TOPIC).partitions_of.as_deref(),
+            Some(crate::USAGE_TOPIC),
+            "expected one journal partition per refill.usage partition (one per shard)"
         );
         for s in &specs {
             for setting in ["cleanup.policy", "retention.ms", "min.insync.replicas"] {

@@ -1,5 +1,8 @@
 //! Integration tests of the whole engine: the HTTP contract on an in-process server, and
-//! `kill -9` of the real binary.
+//! `kill -9` of the real binary, and the `refill recharger` process killed after a charge
+//! on the real Kafka and Cassandra.
 
+mod ingest_kafka;
 mod kill9;
+mod recharger_kill;
 mod walkthrough;

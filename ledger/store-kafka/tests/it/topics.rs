@@ -126,6 +126,7 @@ fn the_project_topics_file_applies_to_a_real_broker() {
             "usage.dlq",
             "recharge-commands",
             "account-commands",
+            "journal",
         ]
         .map(|t| format!("{prefix}.{t}")),
     );
@@ -135,15 +136,15 @@ fn the_project_topics_file_applies_to_a_real_broker() {
     println!("{report}");
     assert_eq!(
         report.topics.len(),
-        4,
-        "expected the four topics of the contract"
+        5,
+        "expected the four topics of the contract and the journal"
     );
     assert!(
         report
             .topics
             .iter()
             .all(|t| t.action == TopicAction::Created),
-        "expected all four created, found:\n{report}"
+        "expected all five created, found:\n{report}"
     );
     let again = ok("apply again", apply_topics(&bootstrap, &copy));
     assert!(

@@ -1,0 +1,382 @@
+//! Two `refill ingest` workers in one consumer group over a 4-partition `refill.usage`,
+//! on the real Kafka and Cassandra of deploy/local; a producer that is not Refill (a plain
+//! rdkafka producer, as any service would use) sends usage; one worker is killed with
+//! kill -9 mid-stream. After the rebalance every event is applied exactly once: each balance
+//! equals the one the test computes. Bad records reach the dead-letter topic with their
+//! reason and source, and never block their partition.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use refill_store_kafka::rdkafka;
+use serde_json::{Value, json};
+
+const KEY: &str = "test-key-0123456789";
+const PARTITIONS: u32 = 4;
+const CUSTOMERS: usize = 16;
+const EVENTS: usize = 12_000;
+const GRANT: i64 = 1_000_000;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+struct Servers {
+    kafka: String,
+    cql: String,
+    prefix: String,
+    keyspace: String,
+}
+
+fn servers() -> Option<Servers> {
+    let (Ok(kafka), Ok(cql)) = (
+        std::env::var("REFILL_KAFKA"),
+        std::env::var("REFILL_CASSANDRA"),
+    ) else {
+        println!(
+            "skipped: REFILL_KAFKA and REFILL_CASSANDRA not both set (deploy/local/up kafka cassandra starts them)"
+        );
+        return None;
+    };
+    let unique = format!(
+        "{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() % 1_000_000)
+    );
+    Some(Servers {
+        kafka,
+        cql,
+        prefix: format!("test{unique}."),
+        keyspace: format!("refill_ingest_{unique}"),
+    })
+}
+
+/// The contract's topics under the test's prefix, with 4 partitions, and its keyspace.
+fn provision(servers: &Servers) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kafka/topics.toml");
+    let specs = refill_store_kafka::load_topics(std::path::Path::new(path)).expect("topics file");
+    let specs = refill_store_kafka::prefixed_specs(&specs, &servers.prefix, Some(PARTITIONS));
+    refill_store_kafka::apply_topic_specs(&servers.kafka, &specs).expect("topics made");
+    let store =
+        refill_store_cql::CqlStore::connect(&servers.cql, &servers.keyspace).expect("cql connects");
+    store.migrate().expect("schema");
+}
+
+struct Worker {
+    child: Child,
+    port: u16,
+}
+
+fn start_worker(servers: &Servers) -> Worker {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_refill"))
+        .args([
+            "ingest",
+            "--kafka",
+            &servers.kafka,
+            "--store",
+            &format!("cassandra://{}", servers.cql),
+            "--keyspace",
+            &servers.keyspace,
+            "--topic-prefix",
+            &servers.prefix,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("REFILL_API_KEY", KEY)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("refill ingest starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("API on") => break,
+            Some(Ok(line)) => eprintln!("[worker {port}] {line}"),
+            _ => panic!("refill ingest exited before serving"),
+        }
+    }
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("[worker {port}] {line}");
+        }
+    });
+    Worker { child, port }
+}
+
+async fn owned(client: &reqwest::Client, port: u16) -> Vec<u64> {
+    let Ok(response) = client
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    body["owned"]
+        .as_array()
+        .map(|owned| owned.iter().filter_map(|o| o["shard"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+async fn wait_owned(client: &reqwest::Client, port: u16, done: impl Fn(&[u64]) -> bool) {
+    let started = Instant::now();
+    loop {
+        let shards = owned(client, port).await;
+        if done(&shards) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "worker on {port} never reached the expected shards (owns {shards:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn call(client: &reqwest::Client, port: u16, method: &str, path: &str, body: Value) {
+    let request = match method {
+        "PUT" => client.put(format!("http://127.0.0.1:{port}{path}")),
+        _ => client.post(format!("http://127.0.0.1:{port}{path}")),
+    };
+    let response = request
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert!(status.is_success(), "{method} {path}: {status} {text}");
+}
+
+fn customer(index: usize) -> String {
+    format!("cust-{index:02}")
+}
+
+fn producer(kafka: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        // Kafka's default partitioner, as a Java producer or kcat -X partitioner=murmur2_random.
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_one_killed_every_event_applied_exactly_once() {
+    let Some(servers) = servers() else {
+        return;
+    };
+    tokio::task::block_in_place(|| provision(&servers));
+    let http = reqwest::Client::new();
+
+    // Worker A alone owns all four partitions; the catalog and the customers go through it.
+    let mut a = start_worker(&servers);
+    wait_owned(&http, a.port, |shards| shards.len() == PARTITIONS as usize).await;
+    call(
+        &http,
+        a.port,
+        "PUT",
+        "/v1/credit-types/api-credits",
+        json!({"name": "API credits", "unit_price": {"amount": "0.01", "currency": "USD"}}),
+    )
+    .await;
+    call(&http, a.port, "PUT", "/v1/features/api-call", json!({"name": "API call", "unit": {"singular": "call", "plural": "calls"}, "credit_type": "api-credits", "credits_per_unit": 1})).await;
+    for index in 0..CUSTOMERS {
+        let id = customer(index);
+        call(
+            &http,
+            a.port,
+            "PUT",
+            &format!("/v1/customers/{id}"),
+            json!({"name": id}),
+        )
+        .await;
+        call(&http, a.port, "POST", &format!("/v1/customers/{id}/grants"), json!({"credit_type": "api-credits", "amount": GRANT, "grant_type": "promotional", "idempotency_key": "start"})).await;
+    }
+
+    // Worker B joins: the cooperative rebalance moves some partitions to it.
+    let b = start_worker(&servers);
+    wait_owned(&http, b.port, |shards| !shards.is_empty()).await;
+
+    // Usage from a plain producer, with a few bad records among it; A is killed half way.
+    // the way through.
+    let mut expected: BTreeMap<String, i64> = (0..CUSTOMERS)
+        .map(|index| (customer(index), GRANT))
+        .collect();
+    let kafka = servers.kafka.clone();
+    let usage_topic = format!("{}refill.usage", servers.prefix);
+    let producer = producer(&kafka);
+    let mut bad = 0;
+    for event in 0..EVENTS {
+        let id = customer(event * 7 % CUSTOMERS);
+        let value = (event % 5 + 1) as i64;
+        *expected.get_mut(&id).expect("known customer") -= value;
+        let payload = json!({"id": format!("e-{event}"), "customer_id": id, "feature_id": "api-call", "value": value}).to_string();
+        loop {
+            match producer.send(BaseRecord::to(&usage_topic).key(&id).payload(&payload)) {
+                Ok(()) => break,
+                Err((_, _)) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        if event % 4000 == 17 {
+            // Not JSON, and a key that is not the event's customer.
+            bad += 2;
+            let _ = producer.send(BaseRecord::to(&usage_topic).key(&id).payload("{not json"));
+            let wrong = json!({"id": format!("w-{event}"), "customer_id": id, "feature_id": "api-call", "value": 1}).to_string();
+            let _ = producer.send(
+                BaseRecord::to(&usage_topic)
+                    .key("someone-else")
+                    .payload(&wrong),
+            );
+        }
+        if event == EVENTS / 2 {
+            let _ = producer.flush(Duration::from_secs(30));
+            a.child.kill().expect("kill -9 worker A");
+            let _ = a.child.wait();
+        }
+        if event % 50 == 0 {
+            // A steady stream (about 3 s) rather than one burst, so A is killed mid-work.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("every event produced");
+
+    // B takes A's partitions after the session timeout and resumes them from the journal.
+    wait_owned(&http, b.port, |shards| shards.len() == PARTITIONS as usize).await;
+    let started = Instant::now();
+    let mut balances = BTreeMap::new();
+    loop {
+        balances.clear();
+        for id in expected.keys() {
+            let response = http
+                .get(format!(
+                    "http://127.0.0.1:{}/v1/customers/{id}/credits",
+                    b.port
+                ))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("credits");
+            let view: Value = response.json().await.expect("json");
+            let balance: i64 = view["balance"]
+                .as_str()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(i64::MIN);
+            balances.insert(id.clone(), balance);
+        }
+        if balances == expected {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "balances never matched the reference:\n found {balances:?}\n expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Nothing applied twice later either (a late duplicate would move a balance).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (id, balance) in &expected {
+        let view: Value = http
+            .get(format!(
+                "http://127.0.0.1:{}/v1/customers/{id}/credits",
+                b.port
+            ))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("credits")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            view["balance"],
+            balance.to_string(),
+            "{id} moved after settling"
+        );
+    }
+
+    // Every bad record is on the dead-letter topic, with its reason and source.
+    let dlq_topic = format!("{}refill.usage.dlq", servers.prefix);
+    let reasons = tokio::task::block_in_place(|| read_dead_letters(&kafka, &dlq_topic, bad));
+    assert!(
+        reasons
+            .iter()
+            .any(|reason| reason.starts_with("invalid_json")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|reason| reason.starts_with("key_mismatch")),
+        "{reasons:?}"
+    );
+
+    let mut b = b;
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+}
+
+/// The reasons of the distinct dead letters (by source partition and offset), once there
+/// are `count` of them.
+fn read_dead_letters(kafka: &str, topic: &str, count: usize) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("dlq consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
+    let started = Instant::now();
+    while seen.len() < count {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "expected {count} dead letters, found {}: {seen:?}",
+            seen.len()
+        );
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|headers| {
+                    headers
+                        .iter()
+                        .filter(|header| header.key == name)
+                        .last()
+                        .and_then(|header| header.value)
+                })
+                .map(|value| String::from_utf8_lossy(value).into_owned())
+                .unwrap_or_default()
+        };
+        let partition = header("refill-source-partition");
+        let offset = header("refill-source-offset");
+        assert!(
+            !partition.is_empty() && !offset.is_empty(),
+            "a dead letter without its source"
+        );
+        seen.insert((partition, offset), header("refill-reason"));
+    }
+    seen.into_values().collect()
+}
