@@ -147,7 +147,7 @@ env_unset() {
 }
 env_keys() {
   case $1 in
-    kafka) echo REFILL_KAFKA ;;
+    kafka) echo REFILL_KAFKA ;; # REFILL_KCAT stays: it is a tool, not a server
     cassandra) echo REFILL_CASSANDRA ;;
     stripe-mock) echo REFILL_STRIPE_MOCK ;;
     prometheus) echo REFILL_PROMETHEUS ;; # REFILL_PROMTOOL stays: it is a tool, not a server
@@ -327,6 +327,20 @@ kafka_tool() {
   "${pre[@]}" "$JAVA17" -Xms32m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto \
     -Dlog4j2.configurationFile="file:$DEPLOY_DIR/kafka/tools-log4j2.properties" \
     -cp "$KAFKA_HOME/libs/*" "$cls" "$@"
+}
+
+# ---- kcat -------------------------------------------------------------------------------------
+# find_kcat: sets KCAT to the kcat binary (Debian's package kcat, 1.7.1 on bookworm), the
+# command line client the README uses to produce usage and read the dead-letter topic.
+find_kcat() {
+  KCAT=$(command -v kcat 2>/dev/null || true)
+  [[ -n $KCAT ]]
+}
+# install_kcat: apt-get install kcat when it is missing (no service, nothing to start).
+install_kcat() {
+  find_kcat && return 0
+  apt_install kcat
+  find_kcat || die "no kcat on PATH after apt-get install kcat"
 }
 
 # ---- Cassandra --------------------------------------------------------------------------------
