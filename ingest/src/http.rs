@@ -42,6 +42,18 @@ pub trait Charger: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 }
 
+/// Sends an input to a shard this node does not own, through the shard's partition of
+/// `refill.account-commands` (scaled out over Kafka); used for catalog changes, which every
+/// shard keeps a copy of.
+pub trait Forwarder: Send + Sync + 'static {
+    /// Sends `input` to `shard`; `Ok` once the broker acknowledged it (the owner applies it).
+    fn forward(
+        &self,
+        shard: u32,
+        input: Input,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+}
+
 /// Limits of the API, kept together.
 #[derive(Clone, Copy, Debug)]
 pub struct ApiLimits {
@@ -72,6 +84,7 @@ pub struct Api {
     limits: ApiLimits,
     features: Arc<RwLock<Option<HashSet<String>>>>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    forwarder: Option<Arc<dyn Forwarder>>,
 }
 
 impl Api {
@@ -94,7 +107,15 @@ impl Api {
             limits,
             features: Arc::new(RwLock::new(features)),
             metrics,
+            forwarder: None,
         }
+    }
+
+    /// Catalog changes reach the shards this node does not own through `forwarder`.
+    #[must_use]
+    pub fn with_forwarder(mut self, forwarder: Arc<dyn Forwarder>) -> Self {
+        self.forwarder = Some(forwarder);
+        self
     }
 
     /// The router.
@@ -152,11 +173,34 @@ impl Api {
             .map(|(_, outcome)| outcome))
     }
 
-    /// Applies a catalog input on every shard (each keeps a copy of the catalog).
+    /// Applies a catalog input on every shard (each keeps a copy of the catalog): on the
+    /// shards this node owns first (a rejection stops it there), then forwarded to the
+    /// others, whose owners apply it from `refill.account-commands`.
     async fn write_catalog(&self, input: Input) -> Result<(), ApiError> {
-        for shard in 0..self.engine.shards() {
+        let (owned, others): (Vec<u32>, Vec<u32>) =
+            (0..self.engine.shards()).partition(|&shard| self.engine.owns(shard));
+        if !others.is_empty() && self.forwarder.is_none() {
+            return Err(crate::engine::EngineError::NotOwner { shard: others[0] }.into());
+        }
+        for shard in owned {
             if let Some(Outcome::Rejected(rejection)) = self.write(shard, input.clone()).await? {
                 return Err(rejection.into());
+            }
+        }
+        if let Some(forwarder) = &self.forwarder {
+            for shard in others {
+                forwarder
+                    .forward(shard, input.clone())
+                    .await
+                    .map_err(|message| ApiError {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        code: "unavailable",
+                        message: format!(
+                            "expected the catalog change forwarded to shard {shard}, found: \
+                             {message}; send it again (it applies once)"
+                        ),
+                        field: None,
+                    })?;
             }
         }
         Ok(())

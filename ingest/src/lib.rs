@@ -53,6 +53,42 @@ pub fn describe_metrics() {
         "Recharge outcomes sent back to the shards, by result."
     );
     describe_gauge!(
+        "refill_ingest_shards_owned",
+        "Shards this node owns now (all on one machine; its partitions' when scaled out)."
+    );
+    describe_counter!(
+        "refill_ingest_partitions_assigned_total",
+        "refill.usage partitions the consumer group gave this worker."
+    );
+    describe_counter!(
+        "refill_ingest_partitions_revoked_total",
+        "refill.usage partitions the consumer group took from this worker."
+    );
+    describe_counter!(
+        "refill_ingest_kafka_events_total",
+        "Inputs read from Kafka and appended to a shard's journal."
+    );
+    describe_counter!(
+        "refill_ingest_kafka_skipped_total",
+        "Kafka records skipped because the shard's journal already holds them."
+    );
+    describe_counter!(
+        "refill_ingest_kafka_errors_total",
+        "Kafka read and produce errors of the intake (retried or surfaced)."
+    );
+    describe_counter!(
+        "refill_ingest_dead_letters_total",
+        "Usage records sent to refill.usage.dlq with their reason."
+    );
+    describe_counter!(
+        "refill_ingest_account_commands_rejected_total",
+        "refill.account-commands records that do not decode (skipped, logged)."
+    );
+    describe_counter!(
+        "refill_ingest_recharge_commands_sent_total",
+        "Recharge commands acknowledged by refill.recharge-commands."
+    );
+    describe_gauge!(
         "refill_ingest_paused_accounts",
         "Accounts whose auto-recharge is paused, per shard (updated at snapshots)."
     );

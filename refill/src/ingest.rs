@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use refill_ingest::engine::{Engine, EngineConfig};
 use refill_ingest::http::{Api, ApiLimits};
-use refill_ingest::intake::{Intake, IntakeConfig, spawn_command_sink};
+use refill_ingest::intake::{AccountCommandForwarder, Intake, IntakeConfig, spawn_command_sink};
 use refill_recharger::sandbox::SandboxGateway;
 use refill_store_kafka::{KafkaLog, Topics};
 
@@ -92,7 +92,11 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
         ApiLimits::default(),
         None,
         Some(metrics),
-    );
+    )
+    .with_forwarder(Arc::new(AccountCommandForwarder::connect(
+        &args.kafka,
+        &topics.account_commands,
+    )?));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

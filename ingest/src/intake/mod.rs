@@ -16,6 +16,7 @@
 //! restored, the intake stops with the error (the process exits, the group moves its
 //! partitions on, and the next owner resumes from the journal). Nothing is skipped.
 
+mod forward;
 mod record;
 mod sink;
 
@@ -33,6 +34,7 @@ use refill_store_kafka::{DeadLetters, Topics, rdkafka};
 
 use crate::engine::{Engine, EngineError, SourceMarks};
 
+pub use forward::AccountCommandForwarder;
 pub use record::{Rejected, usage_from_record};
 pub use sink::spawn_command_sink;
 

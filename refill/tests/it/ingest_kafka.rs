@@ -3,7 +3,8 @@
 //! rdkafka producer, as any service would use) sends usage; one worker is killed with
 //! kill -9 mid-stream. After the rebalance every event is applied exactly once: each balance
 //! equals the one the test computes. Bad records reach the dead-letter topic with their
-//! reason and source, and never block their partition.
+//! reason and source, and never block their partition. A catalog change made at a worker that
+//! owns only some shards reaches the others through `refill.account-commands`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -48,9 +49,12 @@ fn servers() -> Option<Servers> {
         );
         return None;
     };
+    // Tests of one run start in the same millisecond: a counter keeps them apart.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let unique = format!(
-        "{}{}",
+        "{}n{}t{}",
         std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() % 1_000_000)
@@ -215,6 +219,34 @@ async fn two_workers_one_killed_every_event_applied_exactly_once() {
     let b = start_worker(&servers);
     wait_owned(&http, b.port, |shards| !shards.is_empty()).await;
 
+    // A catalog change made at B, which owns only some shards: B applies it on its own and
+    // forwards it through refill.account-commands to the shards A owns.
+    call(&http, b.port, "PUT", "/v1/features/bulk-call", json!({"name": "Bulk call", "unit": {"singular": "call", "plural": "calls"}, "credit_type": "api-credits", "credits_per_unit": 2})).await;
+    for index in 0..CUSTOMERS {
+        let id = customer(index);
+        let started = Instant::now();
+        'known: loop {
+            for port in [a.port, b.port] {
+                let known = http
+                    .get(format!(
+                        "http://127.0.0.1:{port}/v1/customers/{id}/entitlements/bulk-call"
+                    ))
+                    .bearer_auth(KEY)
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status().is_success());
+                if known {
+                    break 'known;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the forwarded feature never reached {id}'s shard"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     // Usage from a plain producer, with a few bad records among it; A is killed half way.
     // the way through.
     let mut expected: BTreeMap<String, i64> = (0..CUSTOMERS)
@@ -227,8 +259,14 @@ async fn two_workers_one_killed_every_event_applied_exactly_once() {
     for event in 0..EVENTS {
         let id = customer(event * 7 % CUSTOMERS);
         let value = (event % 5 + 1) as i64;
-        *expected.get_mut(&id).expect("known customer") -= value;
-        let payload = json!({"id": format!("e-{event}"), "customer_id": id, "feature_id": "api-call", "value": value}).to_string();
+        // Every tenth event uses the forwarded feature, at 2 credits per call.
+        let (feature, rate) = if event % 10 == 0 {
+            ("bulk-call", 2)
+        } else {
+            ("api-call", 1)
+        };
+        *expected.get_mut(&id).expect("known customer") -= value * rate;
+        let payload = json!({"id": format!("e-{event}"), "customer_id": id, "feature_id": feature, "value": value}).to_string();
         loop {
             match producer.send(BaseRecord::to(&usage_topic).key(&id).payload(&payload)) {
                 Ok(()) => break,
@@ -379,4 +417,175 @@ fn read_dead_letters(kafka: &str, topic: &str, count: usize) -> Vec<String> {
         seen.insert((partition, offset), header("refill-reason"));
     }
     seen.into_values().collect()
+}
+
+/// Starts `refill recharger` on the run's topics and keyspace; `fault` is the test-only
+/// `REFILL_TEST_FAULT`. Its stderr is echoed.
+fn start_recharger(servers: &Servers, charges: &std::path::Path, fault: Option<&str>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_refill"));
+    command
+        .args([
+            "recharger",
+            "--kafka",
+            &servers.kafka,
+            "--store",
+            &format!("cassandra://{}", servers.cql),
+            "--keyspace",
+            &servers.keyspace,
+            "--topic-prefix",
+            &servers.prefix,
+        ])
+        .arg("--sandbox-charges")
+        .arg(charges)
+        .env_remove("REFILL_TEST_FAULT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(fault) = fault {
+        command.env("REFILL_TEST_FAULT", fault);
+    }
+    let mut child = command.spawn().expect("refill recharger starts");
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[recharger] {line}");
+        }
+    });
+    child
+}
+
+async fn credits(client: &reqwest::Client, port: u16, customer: &str) -> Value {
+    client
+        .get(format!(
+            "http://127.0.0.1:{port}/v1/customers/{customer}/credits"
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("credits")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// The whole recharge path on real servers, with the recharger killed between the charge
+/// and the grant: after its restart the grant lands on the shard, once, and the card was
+/// charged once for the command id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recharger_killed_after_the_charge_still_grants_once_after_restart() {
+    let Some(servers) = servers() else {
+        return;
+    };
+    tokio::task::block_in_place(|| provision(&servers));
+    let http = reqwest::Client::new();
+    let mut worker = start_worker(&servers);
+    wait_owned(&http, worker.port, |shards| {
+        shards.len() == PARTITIONS as usize
+    })
+    .await;
+    let port = worker.port;
+    call(
+        &http,
+        port,
+        "PUT",
+        "/v1/credit-types/api-credits",
+        json!({"name": "API credits", "unit_price": {"amount": "0.10", "currency": "USD"}}),
+    )
+    .await;
+    call(&http, port, "PUT", "/v1/features/api-call", json!({"name": "API call", "unit": {"singular": "call", "plural": "calls"}, "credit_type": "api-credits", "credits_per_unit": 1})).await;
+    call(
+        &http,
+        port,
+        "PUT",
+        "/v1/customers/acme",
+        json!({"name": "acme", "payment_method": "pm_card_visa"}),
+    )
+    .await;
+    call(&http, port, "POST", "/v1/customers/acme/grants", json!({"credit_type": "api-credits", "amount": 50, "grant_type": "paid", "idempotency_key": "plan"})).await;
+    call(&http, port, "PUT", "/v1/customers/acme/auto-recharge", json!({"credit_type": "api-credits", "enabled": true, "threshold": 20, "target_balance": 50, "spend_limit": {"amount": "500", "currency": "USD"}, "spend_limit_reset": "month"})).await;
+
+    let dir = std::env::temp_dir().join(format!("refill-e2e-{}", servers.keyspace));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let charges = dir.join("sandbox-charges.jsonl");
+    let mut faulty = start_recharger(&servers, &charges, Some("exit-after-charge"));
+
+    // 31 calls as one usage record: 50 → 19, below 20: a recharge of 31 credits ($3.10).
+    let producer = producer(&servers.kafka);
+    let usage =
+        json!({"id": "calls-1", "customer_id": "acme", "feature_id": "api-call", "value": 31})
+            .to_string();
+    producer
+        .send(
+            BaseRecord::to(&format!("{}refill.usage", servers.prefix))
+                .key("acme")
+                .payload(&usage),
+        )
+        .map_err(|(error, _)| error)
+        .expect("usage produced");
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+
+    // The faulty recharger charges, then aborts before the outcome exists.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = faulty.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the faulty recharger never charged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !status.success(),
+        "expected an abort after the charge, found {status}"
+    );
+    let view = credits(&http, port, "acme").await;
+    assert_eq!(view["balance"], "19", "charged, not granted yet: {view}");
+
+    // Restarted: the reserved command is finished with the same key, the outcome reaches
+    // the owning shard through refill.account-commands, and the balance is back at 50.
+    let mut recharger = start_recharger(&servers, &charges, None);
+    let started = Instant::now();
+    let view = loop {
+        let view = credits(&http, port, "acme").await;
+        if view["balance"] == "50" {
+            break view;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the grant never landed: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(view["auto_recharge"]["recharges_this_period"], 1, "{view}");
+    // Duplicated outcomes (the resume and the redelivered command both publish one) are
+    // applied once: the balance stays at 50.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = credits(&http, port, "acme").await;
+    assert_eq!(view["balance"], "50", "{view}");
+
+    let records =
+        refill_recharger::SandboxGateway::journal(&charges).expect("the charges file reads");
+    let paid: Vec<_> = records
+        .iter()
+        .filter(|record| matches!(record, refill_recharger::SandboxRecord::Charge { .. }))
+        .collect();
+    assert_eq!(paid.len(), 1, "one charge for the one command: {records:?}");
+    match paid[0] {
+        refill_recharger::SandboxRecord::Charge {
+            idempotency_key,
+            amount_minor,
+            ..
+        } => {
+            assert_eq!(idempotency_key, "acme/api-credits/1");
+            assert_eq!(*amount_minor, 310);
+        }
+        other => panic!("expected a charge, found {other:?}"),
+    }
+
+    let _ = recharger.kill();
+    let _ = recharger.wait();
+    let _ = worker.child.kill();
+    let _ = worker.child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,65 @@
+//! Inputs for shards another worker owns, sent to their partition of
+//! `refill.account-commands` (the owner's intake reads them into its journal). Catalog
+//! changes made at any worker reach every shard this way.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use refill_ledger::{Input, codec};
+use refill_store_kafka::rdkafka;
+
+use super::IntakeError;
+use crate::http::Forwarder;
+
+/// Produces forwarded inputs to an explicit partition of the account-commands topic.
+pub struct AccountCommandForwarder {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl AccountCommandForwarder {
+    /// A forwarder to `topic` on the cluster at `bootstrap`.
+    pub fn connect(bootstrap: &str, topic: &str) -> Result<Self, IntakeError> {
+        let producer = refill_store_kafka::keyed_producer_config(
+            bootstrap,
+            "refill-ingest-forward",
+            Duration::ZERO,
+        )
+        .create()
+        .map_err(|error| IntakeError::Kafka(format!("creating the forwarder: {error}")))?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+        })
+    }
+}
+
+impl Forwarder for AccountCommandForwarder {
+    fn forward(
+        &self,
+        shard: u32,
+        input: Input,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        Box::pin(async move {
+            let payload = codec::encode_account_command(&input);
+            let partition = i32::try_from(shard).map_err(|error| error.to_string())?;
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "content-type",
+                value: Some(codec::CONTENT_TYPE),
+            });
+            let record = FutureRecord::<(), _>::to(&topic)
+                .partition(partition)
+                .payload(&payload)
+                .headers(headers);
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(error, _)| format!("{topic} partition {shard}: {error}"))
+        })
+    }
+}
