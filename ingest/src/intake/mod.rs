@@ -76,7 +76,7 @@ impl IntakeConfig {
             topics,
             group_id: group_id.to_owned(),
             batch_inputs_max: 4096,
-            linger_ms: 10,
+            linger_ms: 5,
         }
     }
 }

@@ -83,6 +83,24 @@ struct Worker {
     port: u16,
 }
 
+impl Drop for Worker {
+    /// A failed assertion must not leave the worker running (it would go on consuming).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed when dropped (a failing test leaves nothing running).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn start_worker(servers: &Servers) -> Worker {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_refill"))
@@ -368,9 +386,7 @@ async fn two_workers_one_killed_every_event_applied_exactly_once() {
         "{reasons:?}"
     );
 
-    let mut b = b;
-    let _ = b.child.kill();
-    let _ = b.child.wait();
+    drop(b);
 }
 
 /// The reasons of the distinct dead letters (by source partition and offset), once there
@@ -477,7 +493,7 @@ async fn a_recharger_killed_after_the_charge_still_grants_once_after_restart() {
     };
     tokio::task::block_in_place(|| provision(&servers));
     let http = reqwest::Client::new();
-    let mut worker = start_worker(&servers);
+    let worker = start_worker(&servers);
     wait_owned(&http, worker.port, |shards| {
         shards.len() == PARTITIONS as usize
     })
@@ -506,7 +522,11 @@ async fn a_recharger_killed_after_the_charge_still_grants_once_after_restart() {
     let dir = std::env::temp_dir().join(format!("refill-e2e-{}", servers.keyspace));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let charges = dir.join("sandbox-charges.jsonl");
-    let mut faulty = start_recharger(&servers, &charges, Some("exit-after-charge"));
+    let mut faulty = Killed(start_recharger(
+        &servers,
+        &charges,
+        Some("exit-after-charge"),
+    ));
 
     // 31 calls as one usage record: 50 → 19, below 20: a recharge of 31 credits ($3.10).
     let producer = producer(&servers.kafka);
@@ -526,7 +546,7 @@ async fn a_recharger_killed_after_the_charge_still_grants_once_after_restart() {
     // The faulty recharger charges, then aborts before the outcome exists.
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = faulty.try_wait().expect("try_wait") {
+        if let Some(status) = faulty.0.try_wait().expect("try_wait") {
             break status;
         }
         assert!(
@@ -544,7 +564,7 @@ async fn a_recharger_killed_after_the_charge_still_grants_once_after_restart() {
 
     // Restarted: the reserved command is finished with the same key, the outcome reaches
     // the owning shard through refill.account-commands, and the balance is back at 50.
-    let mut recharger = start_recharger(&servers, &charges, None);
+    let recharger = Killed(start_recharger(&servers, &charges, None));
     let started = Instant::now();
     let view = loop {
         let view = credits(&http, port, "acme").await;
@@ -583,9 +603,7 @@ async fn a_recharger_killed_after_the_charge_still_grants_once_after_restart() {
         other => panic!("expected a charge, found {other:?}"),
     }
 
-    let _ = recharger.kill();
-    let _ = recharger.wait();
-    let _ = worker.child.kill();
-    let _ = worker.child.wait();
+    drop(recharger);
+    drop(worker);
     let _ = std::fs::remove_dir_all(&dir);
 }
