@@ -42,15 +42,23 @@ pub trait Charger: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 }
 
-/// Sends an input to a shard this node does not own, through the shard's partition of
-/// `refill.account-commands` (scaled out over Kafka); used for catalog changes, which every
-/// shard keeps a copy of.
+/// Sends what belongs to shards this node does not own to their owners over Kafka (scaled
+/// out): catalog changes through their partitions of `refill.account-commands`, usage
+/// events through `refill.usage`.
 pub trait Forwarder: Send + Sync + 'static {
     /// Sends `input` to `shard`; `Ok` once the broker acknowledged it (the owner applies it).
     fn forward(
         &self,
         shard: u32,
         input: Input,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+    /// Sends one usage event, as its JSON text, to `refill.usage` keyed by `customer` (the
+    /// owner's intake validates and applies it); `Ok` once the broker acknowledged it.
+    fn forward_usage(
+        &self,
+        customer: String,
+        event_json: String,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 }
 
@@ -690,8 +698,10 @@ async fn post_events(
     Query(query): Query<EventsQuery>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let events = wire::parse_events(&body, api.limits.events_per_request_max)?;
+    let events = wire::parse_events_with_text(&body, api.limits.events_per_request_max)?;
     let mut rejected = Vec::new();
+    // Events of customers another worker owns: (customer, JSON text), sent to refill.usage.
+    let mut forwarded: Vec<(String, String)> = Vec::new();
     let shards = api.engine.shards() as usize;
     let mut per_shard: Vec<(Vec<usize>, Vec<Input>)> =
         (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
@@ -700,7 +710,7 @@ async fn post_events(
             .features
             .read()
             .unwrap_or_else(|poison| poison.into_inner());
-        for (index, event) in events.into_iter().enumerate() {
+        for (index, (text, event)) in events.into_iter().enumerate() {
             match event {
                 Ok(event)
                     if features
@@ -708,6 +718,12 @@ async fn post_events(
                         .is_some_and(|known| !known.contains(event.feature.as_str())) =>
                 {
                     rejected.push(json!({"index": index, "error": {"code": "unknown_feature", "message": format!("unknown feature {:?}", event.feature.as_str()), "field": "feature_id"}}));
+                }
+                Ok(event)
+                    if api.forwarder.is_some()
+                        && !api.engine.owns(api.engine.shard_of(event.customer.as_str())) =>
+                {
+                    forwarded.push((event.customer.as_str().to_owned(), text.get().to_owned()));
                 }
                 Ok(event) => {
                     let shard = api.engine.shard_of(event.customer.as_str()) as usize;
@@ -755,10 +771,38 @@ async fn post_events(
                 })??;
         }
     }
+    let forwarded_count = forwarded.len();
+    if let Some(forwarder) = &api.forwarder
+        && !forwarded.is_empty()
+    {
+        // All sent at once, then awaited: one broker round trip for the lot.
+        let mut sends = tokio::task::JoinSet::new();
+        for (customer, text) in forwarded.drain(..) {
+            sends.spawn(forwarder.forward_usage(customer, text));
+            accepted += 1;
+        }
+        while let Some(sent) = sends.join_next().await {
+            sent.map_err(|error| ApiError::internal("internal", error.to_string()))?
+                .map_err(|message| ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "unavailable",
+                    message: format!(
+                        "expected the events of customers another worker owns forwarded to \
+                         refill.usage, found: {message}; send the request again (each event id \
+                         applies once)"
+                    ),
+                    field: None,
+                })?;
+        }
+    }
     metrics::counter!("refill_ingest_events_accepted_total").increment(accepted as u64);
     let mut answer = json!({"accepted": accepted, "rejected": rejected});
     if query.sync.unwrap_or(false) {
         answer["duplicates"] = json!(duplicates);
+    }
+    if forwarded_count > 0 {
+        // Durable in refill.usage, applied by their owners: not waited for, even with sync.
+        answer["forwarded"] = json!(forwarded_count);
     }
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }

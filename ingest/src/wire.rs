@@ -503,6 +503,24 @@ pub fn parse_events(
     body: &[u8],
     events_max: usize,
 ) -> Result<Vec<Result<UsageEvent, ApiError>>, ApiError> {
+    Ok(parse_events_with_text(body, events_max)?
+        .into_iter()
+        .map(|(_, event)| event)
+        .collect())
+}
+
+/// One event of a `POST /v1/events` body: its JSON text as sent, and what it parsed into.
+pub type EventWithText = (
+    Box<serde_json::value::RawValue>,
+    Result<UsageEvent, ApiError>,
+);
+
+/// [`parse_events`], each event with its JSON text as sent (forwarded as is to
+/// `refill.usage` when another worker owns its customer).
+pub fn parse_events_with_text(
+    body: &[u8],
+    events_max: usize,
+) -> Result<Vec<EventWithText>, ApiError> {
     let raw: Vec<Box<serde_json::value::RawValue>> =
         match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
             Some(b'[') => serde_json::from_slice(body)
@@ -524,11 +542,12 @@ pub fn parse_events(
         });
     }
     Ok(raw
-        .iter()
+        .into_iter()
         .map(|value| {
-            serde_json::from_str::<EventBody>(value.get())
+            let event = serde_json::from_str::<EventBody>(value.get())
                 .map_err(|error| crate::error::from_json_error(&error, "event"))
-                .and_then(EventBody::into_domain)
+                .and_then(EventBody::into_domain);
+            (value, event)
         })
         .collect())
 }

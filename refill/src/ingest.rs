@@ -96,6 +96,7 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
     .with_forwarder(Arc::new(AccountCommandForwarder::connect(
         &args.kafka,
         &topics.account_commands,
+        &topics.usage,
     )?));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -265,11 +265,32 @@ async fn two_workers_one_killed_every_event_applied_exactly_once() {
         }
     }
 
-    // Usage from a plain producer, with a few bad records among it; A is killed half way.
-    // the way through.
+    // Usage over HTTP at B: B applies its customers' events, and forwards the others' to
+    // refill.usage, where A's intake picks them up.
     let mut expected: BTreeMap<String, i64> = (0..CUSTOMERS)
-        .map(|index| (customer(index), GRANT))
+        .map(|index| (customer(index), GRANT - 3))
         .collect();
+    let events: Vec<Value> = (0..CUSTOMERS)
+        .map(|index| json!({"id": format!("http-{index}"), "customer_id": customer(index), "feature_id": "api-call", "value": 3}))
+        .collect();
+    let response = http
+        .post(format!("http://127.0.0.1:{}/v1/events", b.port))
+        .bearer_auth(KEY)
+        .json(&events)
+        .send()
+        .await
+        .expect("events posted");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["accepted"], CUSTOMERS, "{answer}");
+    assert!(
+        answer["forwarded"]
+            .as_u64()
+            .is_some_and(|n| n > 0 && n < CUSTOMERS as u64),
+        "some customers are A's, some B's: {answer}"
+    );
+
+    // Usage from a plain producer, with a few bad records among it; A is killed half way.
     let kafka = servers.kafka.clone();
     let usage_topic = format!("{}refill.usage", servers.prefix);
     let producer = producer(&kafka);
