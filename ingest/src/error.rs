@@ -43,6 +43,16 @@ impl ApiError {
         }
     }
 
+    /// 503 (with `Retry-After`): a dependency failed; the request may be sent again.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
     /// 404.
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -74,27 +84,15 @@ impl From<Rejection> for ApiError {
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         match error {
-            EngineError::Timeout { .. } => Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "timeout",
-                message: error.to_string(),
-                field: None,
-            },
-            EngineError::NotOwner { .. } => Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "not_owner",
-                message: format!(
+            EngineError::Timeout { .. } => Self::unavailable("timeout", error.to_string()),
+            EngineError::NotOwner { .. } => Self::unavailable(
+                "not_owner",
+                format!(
                     "{error}: send this customer's requests to the worker that owns its \
                      refill.usage partition"
                 ),
-                field: None,
-            },
-            other => Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "unavailable",
-                message: other.to_string(),
-                field: None,
-            },
+            ),
+            other => Self::unavailable("unavailable", other.to_string()),
         }
     }
 }

@@ -200,14 +200,14 @@ impl Api {
                 forwarder
                     .forward(shard, input.clone())
                     .await
-                    .map_err(|message| ApiError {
-                        status: StatusCode::SERVICE_UNAVAILABLE,
-                        code: "unavailable",
-                        message: format!(
-                            "expected the catalog change forwarded to shard {shard}, found: \
-                             {message}; send it again (it applies once)"
-                        ),
-                        field: None,
+                    .map_err(|message| {
+                        ApiError::unavailable(
+                            "unavailable",
+                            format!(
+                                "expected the catalog change forwarded to shard {shard}, found: \
+                                 {message}; send it again (it applies once)"
+                            ),
+                        )
                     })?;
             }
         }
@@ -763,12 +763,7 @@ async fn post_events(
             let engine = api.engine.clone();
             tokio::task::spawn_blocking(move || engine.append(shard, inputs))
                 .await
-                .map_err(|_| ApiError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: "unavailable",
-                    message: "append failed".into(),
-                    field: None,
-                })??;
+                .map_err(|_| ApiError::unavailable("unavailable", "append failed"))??;
         }
     }
     let forwarded_count = forwarded.len();
@@ -783,15 +778,15 @@ async fn post_events(
         }
         while let Some(sent) = sends.join_next().await {
             sent.map_err(|error| ApiError::internal("internal", error.to_string()))?
-                .map_err(|message| ApiError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: "unavailable",
-                    message: format!(
-                        "expected the events of customers another worker owns forwarded to \
-                         refill.usage, found: {message}; send the request again (each event id \
-                         applies once)"
-                    ),
-                    field: None,
+                .map_err(|message| {
+                    ApiError::unavailable(
+                        "unavailable",
+                        format!(
+                            "expected the events of customers another worker owns forwarded \
+                             to refill.usage, found: {message}; send the request again (each \
+                             event id applies once)"
+                        ),
+                    )
                 })?;
         }
     }

@@ -25,7 +25,7 @@ use refill_ledger::input::{Input, RechargeOutcome, RechargeResult};
 use refill_store_kafka::Topics;
 use refill_store_kafka::rdkafka::ClientConfig;
 use refill_store_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use refill_store_kafka::rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use refill_store_kafka::rdkafka::message::{BorrowedMessage, Message};
 use refill_store_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::book::RechargeBook;
@@ -69,55 +69,38 @@ impl KafkaSettings {
         }
     }
 
-    fn base(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("client.id", &self.client_id)
-            // A metadata request must never create a topic with the broker's defaults.
-            .set("allow.auto.create.topics", "false")
-            .set("socket.nagle.disable", "true")
-            .set("log_level", "3");
-        config
-    }
-
-    /// The consumer's settings: the group, cooperative rebalancing (a rebalance moves
-    /// only the partitions that change owner), offsets committed by hand after the outcome
-    /// is delivered, from the earliest record when the group has no offset yet.
+    /// The consumer's settings: the engine's group-consumer settings
+    /// ([`refill_store_kafka::group_consumer_config`]: cooperative rebalancing, offsets
+    /// committed by hand after the outcome is delivered, from the earliest record when the
+    /// group has no offset yet), then the overrides.
     pub fn consumer_config(&self) -> ClientConfig {
-        let mut config = self.base();
-        config
-            .set("group.id", &self.group)
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "earliest");
-        for (key, value) in &self.overrides {
-            config.set(key, value);
-        }
+        let mut config = refill_store_kafka::group_consumer_config(
+            &self.bootstrap,
+            &self.client_id,
+            &self.group,
+        );
+        self.apply_overrides(&mut config);
         config
     }
 
-    /// The outcome producer's settings: idempotent, `acks=all`, and the Java client's
-    /// murmur2 partitioner, so an outcome lands on the partition of its customer that the
-    /// shards (and every other Refill producer) use.
+    /// The outcome producer's settings: the engine's keyed producer
+    /// ([`refill_store_kafka::keyed_producer_config`]: idempotent, `acks=all`, the Java
+    /// client's murmur2 partitioner, so an outcome lands on its customer's partition), no
+    /// linger, then the overrides.
     pub fn producer_config(&self) -> ClientConfig {
-        let mut config = self.base();
+        let mut config = refill_store_kafka::keyed_producer_config(
+            &self.bootstrap,
+            &self.client_id,
+            Duration::ZERO,
+        );
+        self.apply_overrides(&mut config);
         config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("max.in.flight.requests.per.connection", "5")
-            .set(
-                "delivery.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
-            )
-            .set("linger.ms", "0")
-            .set("partitioner", "murmur2_random");
+    }
+
+    fn apply_overrides(&self, config: &mut ClientConfig) {
         for (key, value) in &self.overrides {
             config.set(key, value);
         }
-        config
     }
 }
 
@@ -144,10 +127,7 @@ impl OutcomeProducer {
     pub async fn send(&self, outcome: &RechargeOutcome) -> Result<(i32, i64), RechargerError> {
         let value = codec::encode_account_command(&Input::RechargeOutcome(outcome.clone()));
         let key = outcome.command.customer.as_str();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "content-type",
-            value: Some(codec::CONTENT_TYPE),
-        });
+        let headers = refill_store_kafka::content_type_headers(codec::CONTENT_TYPE);
         let record = FutureRecord::to(&self.topic)
             .key(key)
             .payload(&value)

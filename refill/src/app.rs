@@ -197,14 +197,12 @@ pub fn open_store(
     if url == "embedded" {
         return Ok(embedded_in(data, shards, embedded)?);
     }
-    let address = url
-        .strip_prefix("scylla://")
-        .or_else(|| url.strip_prefix("cassandra://"))
-        .with_context(|| format!("expected --store embedded, scylla://HOST:PORT or cassandra://HOST:PORT, found {url:?}"))?;
-    let store = refill_store_cql::CqlStore::connect(address, CQL_KEYSPACE).with_context(|| {
-        format!("cannot use the CQL store at {address} (has `refill migrate` run?)")
-    })?;
-    Ok(Arc::new(store))
+    if !url.starts_with("scylla://") && !url.starts_with("cassandra://") {
+        anyhow::bail!(
+            "expected --store embedded, scylla://HOST:PORT or cassandra://HOST:PORT, found {url:?}"
+        );
+    }
+    open_cql_store(url, CQL_KEYSPACE)
 }
 
 /// Connects to the CQL store of a `scylla://HOST:PORT` or `cassandra://HOST:PORT` URL, in

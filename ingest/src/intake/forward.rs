@@ -6,7 +6,6 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use refill_ledger::{Input, codec};
 use refill_store_kafka::rdkafka;
@@ -52,10 +51,7 @@ impl Forwarder for AccountCommandForwarder {
         Box::pin(async move {
             let payload = codec::encode_account_command(&input);
             let partition = i32::try_from(shard).map_err(|error| error.to_string())?;
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "content-type",
-                value: Some(codec::CONTENT_TYPE),
-            });
+            let headers = refill_store_kafka::content_type_headers(codec::CONTENT_TYPE);
             let record = FutureRecord::<(), _>::to(&topic)
                 .partition(partition)
                 .payload(&payload)
@@ -76,10 +72,7 @@ impl Forwarder for AccountCommandForwarder {
         let producer = self.producer.clone();
         let topic = self.usage_topic.clone();
         Box::pin(async move {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "content-type",
-                value: Some("application/json"),
-            });
+            let headers = refill_store_kafka::content_type_headers("application/json");
             // Keyed by customer with Kafka's partitioner: the owner's partition.
             let record = FutureRecord::to(&topic)
                 .key(&customer)

@@ -172,7 +172,8 @@ struct Slot {
     inputs: Vec<Input>,
     dead: Vec<(OwnedMessage, String)>,
     oldest: Option<Instant>,
-    usage_commit: Option<u64>,
+    /// Whether the batch read usage (then the group offset moves to `marks.usage_next`).
+    read_usage: bool,
 }
 
 impl Slot {
@@ -429,7 +430,7 @@ impl Pump {
             return;
         }
         slot.marks.usage_next = offset + 1;
-        slot.usage_commit = Some(offset + 1);
+        slot.read_usage = true;
         slot.oldest.get_or_insert_with(Instant::now);
         match usage_from_record(message.key(), message.payload(), partition, self.partitions) {
             Ok(event) => slot.inputs.push(Input::Usage(event)),
@@ -454,7 +455,8 @@ impl Pump {
         self.engine
             .append_from_sources(partition, batch.inputs, batch.marks)?;
         metrics::counter!("refill_ingest_kafka_events_total").increment(events);
-        if let Some(next) = batch.usage_commit {
+        if batch.read_usage {
+            let next = batch.marks.usage_next;
             let mut offsets = TopicPartitionList::new();
             let _ = offsets.add_partition_offset(
                 &self.config.topics.usage,

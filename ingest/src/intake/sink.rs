@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use refill_ledger::codec;
 use refill_ledger::effects::RechargeCommand;
@@ -37,10 +36,7 @@ pub fn spawn_command_sink(
             let key = command.id.customer.as_str().to_owned();
             let mut backoff = Duration::from_millis(50);
             loop {
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: "content-type",
-                    value: Some(codec::CONTENT_TYPE),
-                });
+                let headers = refill_store_kafka::content_type_headers(codec::CONTENT_TYPE);
                 let record = FutureRecord::to(&topic)
                     .key(&key)
                     .payload(&payload)

@@ -30,7 +30,8 @@ pub use log::{KafkaLog, LogSettings};
 /// that hand it messages ([`DeadLetters::send_message_to_dlq`]).
 pub use rdkafka;
 pub use roles::{
-    assign_consumer_config, group_consumer_config, keyed_producer_config, partition_count,
+    assign_consumer_config, content_type_headers, group_consumer_config, keyed_producer_config,
+    partition_count,
 };
 pub use topics::{
     TopicAction, TopicDifference, TopicOutcome, TopicSpec, TopicsReport, apply_topic_specs,

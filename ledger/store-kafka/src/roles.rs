@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use refill_store::StoreError;
 
 use crate::client::{
@@ -61,4 +62,12 @@ pub fn partition_count(bootstrap: &str, topic: &str) -> Result<u32, StoreError> 
              found none"
         ))),
     }
+}
+
+/// Record headers naming the value's `content-type`, as every Refill producer sends them.
+pub fn content_type_headers(content_type: &str) -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: "content-type",
+        value: Some(content_type),
+    })
 }

@@ -344,16 +344,7 @@ async fn two_workers_one_killed_every_event_applied_exactly_once() {
     loop {
         balances.clear();
         for id in expected.keys() {
-            let response = http
-                .get(format!(
-                    "http://127.0.0.1:{}/v1/customers/{id}/credits",
-                    b.port
-                ))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .expect("credits");
-            let view: Value = response.json().await.expect("json");
+            let view = credits(&http, b.port, id).await;
             let balance: i64 = view["balance"]
                 .as_str()
                 .and_then(|text| text.parse().ok())
@@ -372,18 +363,7 @@ async fn two_workers_one_killed_every_event_applied_exactly_once() {
     // Nothing applied twice later either (a late duplicate would move a balance).
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (id, balance) in &expected {
-        let view: Value = http
-            .get(format!(
-                "http://127.0.0.1:{}/v1/customers/{id}/credits",
-                b.port
-            ))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .expect("credits")
-            .json()
-            .await
-            .expect("json");
+        let view = credits(&http, b.port, id).await;
         assert_eq!(
             view["balance"],
             balance.to_string(),
