@@ -8,9 +8,17 @@
 
 use std::time::Duration;
 
+pub mod accounts;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+pub mod kv_accounts;
+
+pub use accounts::{
+    AccountStateRow, AccountStore, AttemptRow, BalanceRow, CheckpointRow, CustomerStateRow,
+    DedupChunkRow, Flush, LedgerRow, ShardRows,
+};
+pub use kv_accounts::KvAccountStore;
 
 /// Why a storage call failed (operational errors; the caller retries or stops).
 #[derive(Debug, thiserror::Error)]
