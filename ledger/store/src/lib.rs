@@ -10,6 +10,8 @@ use std::time::Duration;
 
 pub mod accounts;
 #[cfg(feature = "conformance")]
+pub mod accounts_conformance;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
 pub mod kv_accounts;
