@@ -29,14 +29,34 @@ impl Totals {
     }
 }
 
-/// Per-batch bookkeeping, never snapshotted (a batch is atomic).
+/// Bookkeeping between ledger entries: the batch that last touched the account, and the
+/// usage not yet rolled up into an entry (rolled up at the shard's next flush, or before
+/// any other entry of the account, so the ledger always sums to the balance).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct BatchScratch {
     pub touched_batch: u64,
-    pub pending_usage_micros: i64,
-    pub pending_first: u32,
-    pub pending_last: u32,
-    pub pending_events: u32,
+    pub pending: PendingUsage,
+}
+
+/// Usage applied to an account and not yet written as a ledger entry (24 bytes, so the
+/// account's first cache line still holds everything the hot path touches).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingUsage {
+    /// Σ credits of the events, in micro-credits.
+    pub micros: i64,
+    /// The shard batch of the first event.
+    pub first_batch: u64,
+    /// Batches from the first event's to the last event's.
+    pub batches_after_first: u32,
+    /// How many events.
+    pub events: u32,
+}
+
+impl PendingUsage {
+    /// The shard batch of the last event.
+    pub fn last_batch(&self) -> u64 {
+        self.first_batch + u64::from(self.batches_after_first)
+    }
 }
 
 /// An account.
@@ -76,6 +96,7 @@ struct AccountRef<'a> {
     totals: Totals,
     entry_seq: u64,
     auto: &'a Option<Box<AutoRecharge>>,
+    pending: PendingUsage,
 }
 
 /// An account as snapshots read it (see [`AccountRef`]).
@@ -90,6 +111,7 @@ struct AccountOwned {
     totals: Totals,
     entry_seq: u64,
     auto: Option<Box<AutoRecharge>>,
+    pending: PendingUsage,
 }
 
 impl Serialize for Account {
@@ -103,6 +125,7 @@ impl Serialize for Account {
             totals: self.totals,
             entry_seq: self.entry_seq,
             auto: &self.auto,
+            pending: self.scratch.pending,
         }
         .serialize(serializer)
     }
@@ -114,7 +137,10 @@ impl<'de> Deserialize<'de> for Account {
         Ok(Self {
             balance: owned.balance,
             overdraft: owned.overdraft,
-            scratch: BatchScratch::default(),
+            scratch: BatchScratch {
+                pending: owned.pending,
+                ..BatchScratch::default()
+            },
             credit_type: owned.credit_type,
             customer: owned.customer,
             entry_seq: owned.entry_seq,
@@ -186,6 +212,16 @@ impl Account {
     /// Running totals.
     pub fn totals(&self) -> Totals {
         self.totals
+    }
+
+    /// Usage applied and not yet rolled up into a ledger entry.
+    pub fn pending_usage(&self) -> PendingUsage {
+        self.scratch.pending
+    }
+
+    /// The sequence of the account's last ledger entry (0 before the first).
+    pub fn last_entry_seq(&self) -> u64 {
+        self.entry_seq
     }
 
     /// Auto-recharge state, when set up.
@@ -321,6 +357,7 @@ mod tests {
         totals: Totals,
         entry_seq: u64,
         auto: Option<Box<AutoRecharge>>,
+        pending: PendingUsage,
     }
 
     #[test]
@@ -352,6 +389,7 @@ mod tests {
                 totals: account.totals(),
                 entry_seq: account.entry_seq,
                 auto: None,
+                pending: PendingUsage::default(),
             };
             let bytes = postcard::to_stdvec(&account).expect("serializes");
             assert_eq!(bytes, postcard::to_stdvec(&before).expect("serializes"));

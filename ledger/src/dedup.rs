@@ -284,6 +284,13 @@ pub struct DedupWindow {
     current: FingerprintTable,
     previous: FingerprintTable,
     current_started: TimestampMs,
+    /// The current generation's number (the previous one is `generation - 1`).
+    generation: u64,
+    /// Ids added to the current generation since the last [`DedupWindow::take_added`]:
+    /// the next flush writes them.
+    added: Vec<u128>,
+    /// Ids added to the previous generation (before its rotation) and not yet taken.
+    added_previous: Vec<u128>,
 }
 
 impl DedupWindow {
@@ -294,7 +301,33 @@ impl DedupWindow {
             current: FingerprintTable::default(),
             previous: FingerprintTable::default(),
             current_started: now,
+            generation: 0,
+            added: Vec::new(),
+            added_previous: Vec::new(),
         }
+    }
+
+    /// The current generation's number; the previous generation is one less.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The oldest generation still held.
+    pub fn generation_min(&self) -> u64 {
+        self.generation.saturating_sub(1)
+    }
+
+    /// Ids added since the last call, per live generation (oldest first, empty ones left
+    /// out), for the flush that persists them.
+    pub fn take_added(&mut self) -> Vec<(u64, Vec<u128>)> {
+        let mut taken = Vec::with_capacity(2);
+        if !self.added_previous.is_empty() {
+            taken.push((self.generation - 1, std::mem::take(&mut self.added_previous)));
+        }
+        if !self.added.is_empty() {
+            taken.push((self.generation, std::mem::take(&mut self.added)));
+        }
+        taken
     }
 
     /// Lines a generation is sized for once it outgrows its first table: its count bound
@@ -324,6 +357,9 @@ impl DedupWindow {
                 self.current = forgotten.cleared();
             }
             self.current_started = now;
+            self.generation += 1;
+            // What the forgotten generation gained since the last flush is forgotten too.
+            self.added_previous = std::mem::take(&mut self.added);
         }
     }
 
@@ -372,6 +408,7 @@ impl DedupWindow {
     /// Records a key found absent by [`DedupWindow::check`].
     #[inline]
     pub fn commit(&mut self, vacancy: Vacancy) {
+        self.added.push(vacancy.key);
         match vacancy.slot {
             // The batch reserved room, so the slot found is still the one to fill.
             Some(slot) if fits(self.current.len + 1, self.current.lines) => {
@@ -419,11 +456,56 @@ impl DedupWindow {
             current: self.current.sorted(),
             previous: self.previous.sorted(),
             current_started: self.current_started,
+            generation: self.generation,
+            added: self.added.clone(),
+            added_previous: self.added_previous.clone(),
         }
+    }
+
+    /// The window's header without its ids, for a flush checkpoint (the ids are in the
+    /// flushes' chunks).
+    pub(crate) fn header(&self) -> DedupHeader {
+        debug_assert!(
+            self.added.is_empty() && self.added_previous.is_empty(),
+            "a checkpoint is taken right after the flush took the added ids"
+        );
+        DedupHeader {
+            config: self.config,
+            current_started: self.current_started,
+            generation: self.generation,
+        }
+    }
+
+    /// A window from its header and the ids of its live generations (chunks of other
+    /// generations are ignored).
+    pub(crate) fn from_header(
+        header: DedupHeader,
+        chunks: impl IntoIterator<Item = (u64, Vec<u128>)>,
+    ) -> Self {
+        let (mut current, mut previous) = (Vec::new(), Vec::new());
+        for (generation, keys) in chunks {
+            if generation == header.generation {
+                current.extend(keys);
+            } else if generation + 1 == header.generation {
+                previous.extend(keys);
+            }
+        }
+        Self::from_parts(DedupParts {
+            config: header.config,
+            current,
+            previous,
+            current_started: header.current_started,
+            generation: header.generation,
+            added: Vec::new(),
+            added_previous: Vec::new(),
+        })
     }
 
     pub(crate) fn from_parts(parts: DedupParts) -> Self {
         let mut window = Self::new(parts.config, parts.current_started);
+        window.generation = parts.generation;
+        window.added = parts.added;
+        window.added_previous = parts.added_previous;
         let full_lines = window.full_lines();
         for (table, keys) in [
             (&mut window.current, parts.current),
@@ -445,6 +527,17 @@ pub(crate) struct DedupParts {
     current: Vec<u128>,
     previous: Vec<u128>,
     current_started: TimestampMs,
+    generation: u64,
+    added: Vec<u128>,
+    added_previous: Vec<u128>,
+}
+
+/// The window without its ids, as a flush checkpoint keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DedupHeader {
+    config: DedupConfig,
+    current_started: TimestampMs,
+    generation: u64,
 }
 
 #[cfg(test)]

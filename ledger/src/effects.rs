@@ -33,15 +33,14 @@ pub enum EntryKind {
 /// What a ledger entry points back to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reference {
-    /// Usage rolled up per account per batch: the events are inputs
-    /// `first_input..=last_input` of batch `batch` that name this account.
+    /// Usage rolled up per account per flush: the events that name this account in shard
+    /// batches `first_batch..=last_batch` (each batch is one log record, so the shell
+    /// names the log range).
     Usage {
-        /// The shard's batch number.
-        batch: u64,
-        /// Index of the first event in the batch.
-        first_input: u32,
-        /// Index of the last event in the batch.
-        last_input: u32,
+        /// The shard batch of the first event.
+        first_batch: u64,
+        /// The shard batch of the last event.
+        last_batch: u64,
         /// How many events.
         events: u32,
     },
@@ -253,6 +252,25 @@ pub struct Effects {
     pub events_duplicate: u64,
     /// Inputs rejected.
     pub inputs_rejected: u64,
+    /// What changed since the previous flush, when the batch held [`crate::Input::Flush`].
+    pub flush: Option<FlushSet>,
+}
+
+/// What one flush of a shard covers: everything that changed since the previous one. The
+/// shell writes these accounts' and customers' state rows, the dedup ids, and the
+/// batch's (and earlier batches') entries and attempts, then the checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushSet {
+    /// The flush's number (1 for the shard's first).
+    pub number: u64,
+    /// Accounts changed since the previous flush, in order of first change.
+    pub accounts: Vec<AccountHandle>,
+    /// Customers changed since the previous flush, by index, ascending.
+    pub customers: Vec<u32>,
+    /// Dedup fingerprints added since the previous flush: (generation, fingerprints).
+    pub dedup: Vec<(u64, Vec<u128>)>,
+    /// The oldest dedup generation still live.
+    pub dedup_generation_min: u64,
 }
 
 impl Effects {
@@ -268,6 +286,7 @@ impl Effects {
         self.events_applied = 0;
         self.events_duplicate = 0;
         self.inputs_rejected = 0;
+        self.flush = None;
     }
 
     /// The outcome of input `index`, if it has one beyond "applied".

@@ -146,4 +146,8 @@ pub enum Input {
     RechargeOutcome(RechargeOutcome),
     /// Only lets time pass (expiries, period resets).
     Tick,
+    /// Closes the shard's flush: rolls up every account's pending usage into one ledger
+    /// entry and reports what changed since the last flush ([`crate::effects::FlushSet`]).
+    /// Logged like any input, so a replay rolls up at the same points.
+    Flush,
 }

@@ -3,6 +3,7 @@
 //! give the same effects, byte for byte.
 
 mod admin;
+mod flush;
 mod index;
 mod recharge;
 mod snapshot;
@@ -13,6 +14,7 @@ use std::hint::black_box;
 
 use serde::{Deserialize, Serialize};
 
+pub use flush::{ShardRowsRef, encode_fingerprints};
 pub use snapshot::SnapshotError;
 
 use index::{CustomerEntry, CustomerIndex, NO_ACCOUNT};
@@ -102,6 +104,17 @@ pub struct Shard {
     wakeups: BTreeSet<(TimestampMs, u32)>,
     /// Accounts touched by the current batch, in order of first touch.
     touched: Vec<u32>,
+    /// The batch of the last flush: an account touched after it is dirty.
+    flush_batch: u64,
+    /// Flushes so far.
+    flush_number: u64,
+    /// Accounts changed since the last flush, in order of first change.
+    dirty_accounts: Vec<u32>,
+    /// Customers changed since the last flush (repeats allowed; sorted at the flush).
+    dirty_customers: Vec<u32>,
+    /// Set by [`Input::Flush`]: the flush closes at the end of the batch, after every
+    /// change the batch makes.
+    flush_requested: bool,
 }
 
 impl Shard {
@@ -119,6 +132,11 @@ impl Shard {
             expiries: BTreeSet::new(),
             wakeups: BTreeSet::new(),
             touched: Vec::new(),
+            flush_batch: 0,
+            flush_number: 0,
+            dirty_accounts: Vec::new(),
+            dirty_customers: Vec::new(),
+            flush_requested: false,
         }
     }
 
@@ -160,9 +178,37 @@ impl Shard {
                 fx.inputs_rejected += 1;
                 fx.outcomes.push((index, Outcome::Rejected(rejection)));
             }
+            self.mark_customer_of(&inputs[at]);
             at += 1;
         }
         self.finish_batch(now, fx);
+        if std::mem::take(&mut self.flush_requested) {
+            self.close_flush(now, fx);
+        }
+    }
+
+    /// Marks the customer a command names as changed (conservatively: whether or not the
+    /// command changed it), so the next flush writes its row.
+    fn mark_customer_of(&mut self, input: &Input) {
+        let customer = match input {
+            Input::PutCustomer(update) => &update.id,
+            Input::Subscribe(request) => &request.customer,
+            Input::Grant(request) => &request.customer,
+            Input::VoidGrant { customer, .. } | Input::SetAutoRecharge { customer, .. } => {
+                customer
+            }
+            Input::RechargeOutcome(outcome) => &outcome.command.customer,
+            Input::Usage(_)
+            | Input::PutCreditType(_)
+            | Input::PutFeature(_)
+            | Input::PutProduct(_)
+            | Input::PutPlan(_)
+            | Input::Tick
+            | Input::Flush => return,
+        };
+        if let Some(index) = self.customer_number(customer.as_str()) {
+            self.dirty_customers.push(index);
+        }
     }
 
     fn apply_command(
@@ -197,10 +243,15 @@ impl Shard {
             } => self.set_auto_recharge(customer, credit_type, settings, now, fx),
             Input::RechargeOutcome(outcome) => self.apply_recharge_outcome(index, outcome, now, fx),
             Input::Tick => Ok(()),
+            Input::Flush => {
+                self.flush_requested = true;
+                Ok(())
+            }
         }
     }
 
-    /// Rolls up usage, checks every touched account and decides recharges, once per batch.
+    /// Checks every touched account and decides recharges, once per batch. (Usage is rolled
+    /// up at the flush, or before the account's next other entry.)
     fn finish_batch(&mut self, now: TimestampMs, fx: &mut Effects) {
         let touched = std::mem::take(&mut self.touched);
         // By now the lines of the accounts touched early in the batch have left the core's
@@ -223,7 +274,6 @@ impl Shard {
             }
             black_box(seen);
             for &account_index in chunk {
-                self.flush_usage(account_index, now, fx);
                 self.accounts[account_index as usize].assert_conserved();
                 self.decide(account_index, now, fx);
                 fx.changed.push(AccountHandle(account_index));
@@ -238,8 +288,10 @@ impl Shard {
     fn touch(&mut self, account_index: u32) {
         let scratch = &mut self.accounts[account_index as usize].scratch;
         if scratch.touched_batch != self.batch {
+            if scratch.touched_batch <= self.flush_batch {
+                self.dirty_accounts.push(account_index);
+            }
             scratch.touched_batch = self.batch;
-            scratch.pending_events = 0;
             self.touched.push(account_index);
         }
     }
@@ -247,27 +299,23 @@ impl Shard {
     /// Writes the account's pending usage as one ledger entry, so that any other entry
     /// after it sees a ledger whose amounts sum to the balance.
     fn flush_usage(&mut self, account_index: u32, at: TimestampMs, fx: &mut Effects) {
-        let batch = self.batch;
         let account = &mut self.accounts[account_index as usize];
-        if account.scratch.pending_events == 0 {
+        if account.scratch.pending.events == 0 {
             return;
         }
-        let scratch = account.scratch;
-        account.scratch.pending_events = 0;
-        account.scratch.pending_usage_micros = 0;
+        let pending = std::mem::take(&mut account.scratch.pending);
         let seq = account.next_entry_seq();
         fx.entries.push(LedgerEntry {
             account: AccountHandle(account_index),
             seq,
             at,
             kind: EntryKind::Usage,
-            amount: crate::amount::Credits::from_micros(-scratch.pending_usage_micros),
+            amount: crate::amount::Credits::from_micros(-pending.micros),
             balance_after: account.balance(),
             reference: Reference::Usage {
-                batch,
-                first_input: scratch.pending_first,
-                last_input: scratch.pending_last,
-                events: scratch.pending_events,
+                first_batch: pending.first_batch,
+                last_batch: pending.last_batch(),
+                events: pending.events,
             },
         });
     }
@@ -311,6 +359,7 @@ impl Shard {
         let account =
             u32::try_from(self.accounts.len()).expect("fewer than 2^32 accounts per shard");
         customer.accounts.push((credit_type, account));
+        self.dirty_customers.push(customer_index);
         if customer.accounts.len() == 1 {
             let id = customer.id.as_str();
             self.customer_index
@@ -342,6 +391,7 @@ impl Shard {
             details: None,
         });
         self.customer_index.insert(id.clone(), hash, index);
+        self.dirty_customers.push(index);
         index
     }
 

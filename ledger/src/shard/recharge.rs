@@ -30,6 +30,14 @@ impl Shard {
                 break;
             }
             self.expiries.pop_first();
+            if self.accounts[account_index as usize]
+                .grants()
+                .iter()
+                .any(|held| held.id == grant)
+            {
+                // The ledger must sum to the balance before the expiry's entry.
+                self.flush_usage(account_index, at, fx);
+            }
             let account = &mut self.accounts[account_index as usize];
             // Emptied or voided grants left their timer behind; skip them.
             let Some(credits) = account.expire_grant(grant) else {

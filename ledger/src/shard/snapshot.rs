@@ -1,20 +1,18 @@
 //! Snapshots: a shard's whole state as canonical bytes (postcard), restored exactly.
 //! Indexes and timers are derived data and are rebuilt, not stored.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 
-use super::index::CustomerIndex;
+use super::flush::Parts;
 use super::{Customer, Shard, ShardConfig};
 use crate::account::Account;
-use crate::autorecharge::PauseReason;
-use crate::catalog::{Catalog, CatalogParts};
+use crate::catalog::CatalogParts;
 use crate::dedup::{DedupParts, DedupWindow};
 use crate::time::TimestampMs;
 
-/// The snapshot format version, first byte of every snapshot.
-const FORMAT_VERSION: u8 = 1;
+/// The snapshot format version, first byte of every snapshot (2: pending usage, the flush
+/// position and what changed since the last flush).
+const FORMAT_VERSION: u8 = 2;
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +35,7 @@ pub enum SnapshotError {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SnapshotV1 {
+struct SnapshotV2 {
     config: ShardConfig,
     clock: TimestampMs,
     batch: u64,
@@ -45,6 +43,10 @@ struct SnapshotV1 {
     customers: Vec<Customer>,
     accounts: Vec<Account>,
     dedup: DedupParts,
+    flush_batch: u64,
+    flush_number: u64,
+    dirty_accounts: Vec<u32>,
+    dirty_customers: Vec<u32>,
 }
 
 impl Shard {
@@ -54,7 +56,11 @@ impl Shard {
             self.touched.is_empty(),
             "snapshots are taken between batches"
         );
-        let state = SnapshotV1 {
+        let mut dirty_customers = self.dirty_customers.clone();
+        // Repeats and order of marking do not change what the next flush writes.
+        dirty_customers.sort_unstable();
+        dirty_customers.dedup();
+        let state = SnapshotV2 {
             config: self.config,
             clock: self.clock,
             batch: self.batch,
@@ -62,6 +68,10 @@ impl Shard {
             customers: self.customers.clone(),
             accounts: self.accounts.clone(),
             dedup: self.dedup.to_parts(),
+            flush_batch: self.flush_batch,
+            flush_number: self.flush_number,
+            dirty_accounts: self.dirty_accounts.clone(),
+            dirty_customers,
         };
         let mut bytes = vec![FORMAT_VERSION];
         bytes.extend(postcard::to_stdvec(&state).expect("serializing to memory cannot fail"));
@@ -74,69 +84,19 @@ impl Shard {
         if version != FORMAT_VERSION {
             return Err(SnapshotError::Version { found: version });
         }
-        let state: SnapshotV1 = postcard::from_bytes(body)?;
-        let catalog = Catalog::from_parts(state.catalog)
-            .map_err(|error| SnapshotError::Inconsistent(error.to_string()))?;
-        let mut customer_index = CustomerIndex::default();
-        for (index, customer) in (0_u32..).zip(&state.customers) {
-            let id = customer.id.as_str();
-            let hash = CustomerIndex::hash(id);
-            if customer_index.get(id, hash).is_some() {
-                return Err(SnapshotError::Inconsistent(format!(
-                    "customer {} appears twice",
-                    customer.id
-                )));
-            }
-            for &(credit_type, account) in &customer.accounts {
-                // The hot path trusts the index's first account to be this customer's.
-                let owned = state
-                    .accounts
-                    .get(account as usize)
-                    .is_some_and(|held| held.customer == index && held.credit_type == credit_type);
-                if !owned {
-                    return Err(SnapshotError::Inconsistent(format!(
-                        "customer {} lists account {account}, which is not its own",
-                        customer.id
-                    )));
-                }
-            }
-            customer_index.insert(customer.id.clone(), hash, index);
-            if let Some(&(_, account)) = customer.accounts.first() {
-                customer_index.set_first_account(id, hash, account);
-            }
-        }
-        let mut expiries = BTreeSet::new();
-        let mut wakeups = BTreeSet::new();
-        for (index, account) in (0_u32..).zip(&state.accounts) {
-            if account.customer as usize >= state.customers.len() {
-                return Err(SnapshotError::Inconsistent(format!(
-                    "account {index} names a missing customer"
-                )));
-            }
-            for grant in account.grants() {
-                if let Some(expires_at) = grant.expires_at {
-                    expiries.insert((expires_at, index, grant.id));
-                }
-            }
-            if let Some(auto) = account.auto_recharge()
-                && auto.paused == Some(PauseReason::SpendLimitReached)
-            {
-                wakeups.insert((auto.period.end, index));
-            }
-            account.assert_conserved();
-        }
-        Ok(Self {
+        let state: SnapshotV2 = postcard::from_bytes(body)?;
+        Self::assemble(Parts {
             config: state.config,
             clock: state.clock,
             batch: state.batch,
-            catalog,
+            catalog: state.catalog,
             customers: state.customers,
-            customer_index,
             accounts: state.accounts,
             dedup: DedupWindow::from_parts(state.dedup),
-            expiries,
-            wakeups,
-            touched: Vec::new(),
+            flush_batch: state.flush_batch,
+            flush_number: state.flush_number,
+            dirty_accounts: state.dirty_accounts,
+            dirty_customers: state.dirty_customers,
         })
     }
 }

@@ -197,27 +197,36 @@ impl Shard {
             prep.customer,
             rate.credit_type,
         );
-        let account = &mut self.accounts[account_index as usize];
-        let pending = account
-            .scratch
-            .pending_usage_micros
-            .checked_add(credits.micros());
-        if !account.can_burn(credits) || pending.is_none() {
+        let account = &self.accounts[account_index as usize];
+        if !account.can_burn(credits) {
             // Not recorded in the window: the event was refused.
             reject(fx, index, Rejection::Overflow { field: "value" });
             return;
         }
-        self.dedup.commit(vacancy);
-        account.burn(credits);
-        self.touch(account_index);
-        let scratch = &mut self.accounts[account_index as usize].scratch;
-        if scratch.pending_events == 0 {
-            scratch.pending_first = index;
-            scratch.pending_usage_micros = 0;
+        let pending = account.scratch.pending;
+        let batches_after_first = u32::try_from(self.batch - pending.first_batch);
+        if pending.events > 0
+            && (pending.micros.checked_add(credits.micros()).is_none()
+                || pending.events == u32::MAX
+                || batches_after_first.is_err())
+        {
+            // The roll-up cannot hold one more event: close it as an entry of its own.
+            let now = self.clock;
+            self.flush_usage(account_index, now, fx);
         }
-        scratch.pending_usage_micros += credits.micros();
-        scratch.pending_last = index;
-        scratch.pending_events += 1;
+        self.dedup.commit(vacancy);
+        let batch = self.batch;
+        let account = &mut self.accounts[account_index as usize];
+        account.burn(credits);
+        let pending = &mut account.scratch.pending;
+        if pending.events == 0 {
+            pending.first_batch = batch;
+        }
+        pending.micros += credits.micros();
+        pending.batches_after_first = u32::try_from(batch - pending.first_batch)
+            .expect("a roll-up spanning 2^32 batches was closed above");
+        pending.events += 1;
+        self.touch(account_index);
         fx.events_applied += 1;
     }
 }

@@ -170,12 +170,34 @@ impl RechargeAuditor {
         }
         for &handle in &fx.changed {
             let sum = self.ledger.get(&handle).map_or(0, |(_, sum)| *sum);
+            // Usage not yet rolled up is an entry still to come.
+            let pending = i128::from(shard.account(handle).pending_usage().micros);
             let balance = i128::from(shard.account(handle).balance().micros());
-            if sum != balance {
+            if sum - pending != balance {
                 return Err((
                     "1 conservation",
-                    format!("account {handle:?}: ledger sums to {sum} µ, balance is {balance} µ"),
+                    format!(
+                        "account {handle:?}: ledger sums to {sum} µ with {pending} µ of usage \
+                         pending, balance is {balance} µ"
+                    ),
                 ));
+            }
+        }
+        if fx.flush.is_some() {
+            // A flush rolls up everything: the ledger alone sums to every balance.
+            for (handle, account) in shard.accounts() {
+                let sum = self.ledger.get(&handle).map_or(0, |(_, sum)| *sum);
+                if account.pending_usage().events != 0 || sum != i128::from(account.balance().micros()) {
+                    return Err((
+                        "1 conservation",
+                        format!(
+                            "account {handle:?}: after a flush the ledger sums to {sum} µ, \
+                             the balance is {}, {} events pending",
+                            account.balance(),
+                            account.pending_usage().events
+                        ),
+                    ));
+                }
             }
         }
         Ok(())

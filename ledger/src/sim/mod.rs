@@ -8,6 +8,7 @@ pub mod audit;
 pub mod recharger;
 pub mod reference;
 mod rng;
+mod rows;
 mod workload;
 
 use std::fmt;
@@ -61,6 +62,10 @@ pub struct SimReport {
     pub inputs_rejected: u64,
     /// Shard crashes (restore + replay).
     pub crashes: u64,
+    /// Of those, restores from the flushed rows (the others restore a snapshot).
+    pub restores_from_rows: u64,
+    /// Flushes closed.
+    pub flushes: u64,
     /// Recharges charged and granted.
     pub recharges_succeeded: u64,
     /// Recharges declined.
@@ -88,6 +93,8 @@ impl SimReport {
         self.events_duplicate += other.events_duplicate;
         self.inputs_rejected += other.inputs_rejected;
         self.crashes += other.crashes;
+        self.restores_from_rows += other.restores_from_rows;
+        self.flushes += other.flushes;
         self.recharges_succeeded += other.recharges_succeeded;
         self.recharges_declined += other.recharges_declined;
         self.recharges_cut += other.recharges_cut;
@@ -149,6 +156,8 @@ struct World {
     /// Each batch's effects as first produced, as bytes: replays must match them.
     canonical: Vec<Vec<u8>>,
     snapshot: (usize, Vec<u8>),
+    /// The store's rows as the flushes wrote them: restores from them must be exact too.
+    rows: rows::FlushedRows,
     reference: ReferenceModel,
     auditor: RechargeAuditor,
     recharger: SimRecharger,
@@ -185,6 +194,7 @@ impl World {
             log: Vec::new(),
             canonical: Vec::new(),
             snapshot,
+            rows: rows::FlushedRows::default(),
             reference: ReferenceModel::default(),
             auditor: RechargeAuditor::default(),
             recharger: SimRecharger::default(),
@@ -231,7 +241,8 @@ impl World {
                     self.commit(vec![Input::Tick])?;
                 }
                 840..865 => self.crash()?,
-                865..925 => self.snapshot = (self.log.len(), self.shard.snapshot()),
+                865..895 => self.snapshot = (self.log.len(), self.shard.snapshot()),
+                895..925 => self.commit(vec![Input::Flush])?,
                 925..945 => {
                     let bad = self.workload.bad_inputs(&mut self.rng, self.now);
                     self.commit(bad)?;
@@ -270,6 +281,10 @@ impl World {
             .count() as u64;
         self.canonical.push(effects_bytes(&fx));
         self.log.push((now, inputs));
+        if let Some(flush) = &fx.flush {
+            self.rows.write(&self.shard, flush, self.log.len());
+            self.stats.flushes += 1;
+        }
         Ok(())
     }
 
@@ -313,10 +328,23 @@ impl World {
     /// commands, which the recharger must apply once.
     fn crash(&mut self) -> Check {
         self.stats.crashes += 1;
-        let (position, bytes) = &self.snapshot;
-        let mut shard = Shard::restore(bytes)
-            .map_err(|error| ("10 replay is exact", format!("restore failed: {error}")))?;
-        for index in *position..self.log.len() {
+        // Half the crashes restore from the flushed rows (the restart of a real worker),
+        // half from the last snapshot (a backup); both must be exact.
+        let from_rows = self.rows.position().is_some() && self.rng.chance(500);
+        let (position, mut shard) = if from_rows {
+            self.stats.restores_from_rows += 1;
+            let shard = self
+                .rows
+                .restore()
+                .map_err(|error| ("10 replay is exact", format!("restore from rows failed: {error}")))?;
+            (self.rows.position().unwrap_or(0), shard)
+        } else {
+            let (position, bytes) = &self.snapshot;
+            let shard = Shard::restore(bytes)
+                .map_err(|error| ("10 replay is exact", format!("restore failed: {error}")))?;
+            (*position, shard)
+        };
+        for index in position..self.log.len() {
             let (now, inputs) = &self.log[index];
             let fx = shard.apply(*now, inputs);
             if effects_bytes(&fx) != self.canonical[index] {

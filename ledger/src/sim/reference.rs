@@ -283,7 +283,7 @@ impl ReferenceModel {
                     account.add_grant(id, DEFAULT_GRANT_PRIORITY, None, amount);
                 }
             }
-            Input::PutProduct(_) | Input::Tick => {}
+            Input::PutProduct(_) | Input::Tick | Input::Flush => {}
         }
     }
 

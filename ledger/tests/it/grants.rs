@@ -78,12 +78,17 @@ fn usage_beyond_grants_is_overdraft_paid_back_first_by_the_next_grant() {
     let fx = shard.apply(now, &[grant("acme", 10, GrantKind::Paid, None, None, "k")]);
     assert_eq!(balance(&shard), credits(3));
     assert_eq!(remaining(&shard), vec![(1, 3)]);
+    // The usage not yet rolled up comes first, so the ledger sums to every balance_after.
     assert_eq!(
-        fx.entries[0].amount,
+        (fx.entries[0].kind, fx.entries[0].amount, fx.entries[0].balance_after),
+        (EntryKind::Usage, credits(-7), credits(-7))
+    );
+    assert_eq!(
+        fx.entries[1].amount,
         credits(10),
         "the grant entry shows the whole grant"
     );
-    assert_eq!(fx.entries[0].balance_after, credits(3));
+    assert_eq!(fx.entries[1].balance_after, credits(3));
 }
 
 #[test]
@@ -103,7 +108,12 @@ fn an_expired_grant_leaves_at_its_expiry_instant_with_an_entry() {
     );
     shard.apply(now, &[call("acme", "e1")]);
     let fx = shard.apply(TimestampMs(expires.0 + 5_000), &[Input::Tick]);
-    let entry = &fx.entries[0];
+    // The pending usage is rolled up first, at the expiry instant.
+    assert_eq!(
+        (fx.entries[0].kind, fx.entries[0].at, fx.entries[0].amount),
+        (EntryKind::Usage, expires, credits(-1))
+    );
+    let entry = &fx.entries[1];
     assert_eq!(
         (entry.kind, entry.at, entry.amount, entry.balance_after),
         (EntryKind::Expiry, expires, credits(-9), credits(0))
