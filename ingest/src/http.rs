@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use refill_ledger::effects::Outcome;
@@ -86,8 +86,10 @@ impl Default for ApiLimits {
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct Api {
-    engine: Engine,
-    api_key: Arc<String>,
+    pub(crate) engine: Engine,
+    pub(crate) api_key: Arc<String>,
+    /// The console's login sessions (per process: a login holds on the worker that made it).
+    pub(crate) sessions: Arc<crate::console::Sessions>,
     charger: Arc<dyn Charger>,
     limits: ApiLimits,
     features: Arc<RwLock<Option<HashSet<String>>>>,
@@ -111,6 +113,7 @@ impl Api {
         Self {
             engine,
             api_key: Arc::new(api_key),
+            sessions: Arc::new(crate::console::Sessions::default()),
             charger,
             limits,
             features: Arc::new(RwLock::new(features)),
@@ -159,7 +162,8 @@ impl Api {
                 "/openapi.json",
                 get(|| async { Json(crate::openapi::document()) }),
             )
-            .route("/customers/{id}", get(credits_page))
+            // The Credits page and its old path: HTML, behind the console's login.
+            .merge(crate::console::routes())
             .layer(DefaultBodyLimit::max(self.limits.body_bytes_max))
             .with_state(self)
     }
@@ -216,7 +220,7 @@ impl Api {
 }
 
 /// Constant-time comparison, so the key cannot be guessed byte by byte from timings.
-fn same_key(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn same_key(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
         && given
             .iter()
@@ -225,13 +229,16 @@ fn same_key(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
-async fn require_key(State(api): State<Api>, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
+/// The key of an `Authorization: Bearer <key>` header, if there is one.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match given {
+        .and_then(|value| value.strip_prefix("Bearer "))
+}
+
+async fn require_key(State(api): State<Api>, request: Request, next: Next) -> Response {
+    match bearer(request.headers()) {
         Some(key) if same_key(key.as_bytes(), api.api_key.as_bytes()) => next.run(request).await,
         _ => ApiError {
             status: StatusCode::UNAUTHORIZED,
@@ -478,9 +485,10 @@ async fn put_auto_recharge(
     auto_recharge_view(&api, shard, path_id, credit_type.to_string()).await
 }
 
+/// `?credit_type=`: which of the customer's accounts (its only one when absent).
 #[derive(Deserialize)]
-struct CreditTypeQuery {
-    credit_type: Option<String>,
+pub(crate) struct CreditTypeQuery {
+    pub(crate) credit_type: Option<String>,
 }
 
 async fn get_auto_recharge(
@@ -520,7 +528,7 @@ async fn auto_recharge_view(
 }
 
 /// The credit type asked for, or the customer's only one.
-async fn resolve_credit_type(
+pub(crate) async fn resolve_credit_type(
     api: &Api,
     shard: u32,
     customer: &str,
@@ -824,66 +832,6 @@ async fn get_metrics(State(api): State<Api>) -> Response {
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not installed").into_response(),
     }
-}
-
-/// The Credits page: the customer's balance, auto-recharge and ledger, for operators.
-async fn credits_page(
-    State(api): State<Api>,
-    Path(path_id): Path<String>,
-    Query(query): Query<CreditTypeQuery>,
-) -> Response {
-    let shard = api.engine.shard_of(&path_id);
-    let Ok(credit_type) = resolve_credit_type(&api, shard, &path_id, query.credit_type).await
-    else {
-        return (
-            StatusCode::NOT_FOUND,
-            Html(format!("<h1>No credits for {}</h1>", escape(&path_id))),
-        )
-            .into_response();
-    };
-    let at = now();
-    let (customer, kind) = (path_id.clone(), credit_type.clone());
-    let view = api
-        .engine
-        .read(shard, move |state| {
-            state
-                .find_account(&customer, &kind)
-                .map(|handle| views::credits(state, handle, at))
-        })
-        .await;
-    let Ok(Some(view)) = view else {
-        return (
-            StatusCode::NOT_FOUND,
-            Html(format!("<h1>No credits for {}</h1>", escape(&path_id))),
-        )
-            .into_response();
-    };
-    let store = Arc::clone(api.engine.store());
-    let prefix = rows::account_prefix(&path_id, &credit_type);
-    let rows_read = tokio::task::spawn_blocking(move || {
-        let ledger = store
-            .scan(rows::LEDGER, &prefix, &prefix, 200)
-            .unwrap_or_default();
-        let attempts = store
-            .scan(rows::ATTEMPTS, &prefix, &prefix, 200)
-            .unwrap_or_default();
-        (ledger, attempts)
-    })
-    .await
-    .unwrap_or_default();
-    let ledger: Vec<Value> = rows_read
-        .0
-        .iter()
-        .filter_map(|(_, value)| postcard::from_bytes::<EntryRow>(value).ok())
-        .map(|row| json!({"id": row.seq, "at": row.at.to_string(), "kind": row.kind, "amount": row.amount.to_string(), "balance_after": row.balance_after.to_string(), "reference": row.reference}))
-        .collect();
-    let attempts: Vec<Value> = rows_read
-        .1
-        .iter()
-        .filter_map(|(_, value)| postcard::from_bytes::<AttemptRow>(value).ok())
-        .map(|row| json!({"id": row.id, "at": row.at.to_string(), "credits": row.credits.to_string(), "cost": row.cost.map(|cost| json!({"amount": cost.to_decimal().to_string()})), "status": row.status, "reason": row.reason}))
-        .collect();
-    Html(crate::page::render(&path_id, &view, &ledger, &attempts)).into_response()
 }
 
 /// Escapes text for HTML.

@@ -1,6 +1,7 @@
 //! Event intake, the imperative shell around the ledger core: shard workers over the log,
 //! the lock-free balance table, the store rows of the read side, and the HTTP API.
 
+pub mod console;
 pub mod engine;
 pub mod error;
 pub mod http;

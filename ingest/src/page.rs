@@ -1,5 +1,6 @@
 //! The Credits page an operator opens in a browser: balance, consumption, spend against
-//! the limit, live grants, and the latest ledger entries and recharge attempts.
+//! the limit, live grants, and the latest ledger entries and recharge attempts. Served by
+//! the console (`console.rs`), behind its login.
 
 use serde_json::Value;
 
@@ -19,6 +20,7 @@ pub fn render(customer: &str, view: &Value, ledger: &[Value], attempts: &[Value]
     let mut html = String::from(
         "<!doctype html><html><head><meta charset=utf-8><title>Credits</title><style>body{font:14px system-ui;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}</style></head><body>",
     );
+    html.push_str("<p><a href=/console/>Console</a></p>");
     html.push_str(&format!("<h1>Credits of {}</h1>", escape(customer)));
     html.push_str(&format!(
         "<p>Credit type <b>{}</b> · balance <b id=balance>{}</b> · consumption this period {}</p>",

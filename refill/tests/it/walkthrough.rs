@@ -1,10 +1,11 @@
 //! The product's worked example end to end over HTTP, on an in-process server with the
-//! embedded store and the sandbox gateway; then a declined card, and bad input.
+//! embedded store and the sandbox gateway; then a declined card, bad input, and the console's
+//! login in front of the Credits page.
 
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -82,6 +83,41 @@ impl Client {
         (
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A request as a browser (or curl) sends it: only the headers given, the answer's
+    /// headers and text back.
+    async fn browse(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/x-www-form-urlencoded");
+        }
+        let request = request
+            .body(body.map_or_else(Body::empty, |body| Body::from(body.to_owned())))
+            .expect("request");
+        let response = self
+            .app
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("answer");
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
         )
     }
 
@@ -402,6 +438,197 @@ async fn bad_requests_get_a_4xx_naming_the_field_and_change_nothing() {
         view["balance"].is_null() || view["balance"] == "0",
         "nothing was applied: {view}"
     );
+    client.app.engine.stop();
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> &str {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credits_page_is_served_only_behind_the_console_login() {
+    let client = Client::start("console").await;
+    catalog(&client).await;
+    customer_with_auto_recharge(&client, "acme", "pm_card_visa").await;
+    let balance = "id=balance>50<";
+
+    // Without a key: redirects and refusals, never the customer's data.
+    let (status, headers, body) = client
+        .browse("GET", "/customers/acme?credit_type=api-credits", &[], None)
+        .await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        header_text(&headers, header::LOCATION),
+        "/console/customers/acme?credit_type=api-credits"
+    );
+    assert!(!body.contains("balance"), "{body}");
+    let (status, headers, body) = client
+        .browse("GET", "/console/customers/acme", &[], None)
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(header_text(&headers, header::LOCATION), "/console/");
+    assert!(!body.contains("balance"), "{body}");
+    let forged = format!("refill_session={}", "ab".repeat(32));
+    let (status, _, body) = client
+        .browse(
+            "GET",
+            "/console/customers/acme",
+            &[("cookie", &forged)],
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "a made-up session opens nothing"
+    );
+    assert!(!body.contains("balance"), "{body}");
+    let (status, _, body) = client
+        .browse(
+            "GET",
+            "/console/customers/acme",
+            &[("authorization", "Bearer not-the-key")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!body.contains("balance"), "{body}");
+    let (status, _, body) = client.browse("GET", "/console/", &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("<form method=post action=/console/login>")
+            && body.contains("type=password name=key"),
+        "{body}"
+    );
+
+    // A wrong or missing key at the login: no session.
+    let (status, headers, body) = client
+        .browse("POST", "/console/login", &[], Some("key=wrong-key"))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get(header::SET_COOKIE).is_none());
+    assert!(body.contains("wrong API key"), "{body}");
+    let long = format!("key={}", "k".repeat(2_000));
+    for form in ["", "other=1", "key=", long.as_str(), "key=a&key=b"] {
+        let (status, headers, _) = client
+            .browse("POST", "/console/login", &[], Some(form))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "form {form:?}");
+        assert!(headers.get(header::SET_COOKIE).is_none(), "form {form:?}");
+    }
+
+    // The right key: a session cookie the page can be read with.
+    let (status, headers, _) = client
+        .browse("POST", "/console/login", &[], Some(&format!("key={KEY}")))
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(header_text(&headers, header::LOCATION), "/console/");
+    let set_cookie = header_text(&headers, header::SET_COOKIE).to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"] {
+        assert!(
+            set_cookie.split("; ").any(|part| part == attribute),
+            "{attribute} in {set_cookie}"
+        );
+    }
+    assert!(
+        !set_cookie.contains("Secure"),
+        "plain HTTP: a Secure cookie would never come back: {set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().expect("name=value").to_owned();
+    assert_eq!(cookie.len(), "refill_session=".len() + 64, "{cookie}");
+    let (status, headers, body) = client
+        .browse(
+            "GET",
+            "/console/customers/acme",
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(balance), "{body}");
+    assert_eq!(header_text(&headers, header::CACHE_CONTROL), "no-store");
+    assert_eq!(header_text(&headers, header::X_FRAME_OPTIONS), "DENY");
+    let (status, _, body) = client
+        .browse("GET", "/console/", &[("cookie", &cookie)], None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("action=/console/customers") && body.contains("action=/console/logout"),
+        "{body}"
+    );
+    let (status, headers, _) = client
+        .browse(
+            "GET",
+            "/console/customers?id=acme",
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        header_text(&headers, header::LOCATION),
+        "/console/customers/acme"
+    );
+    // The cookie is the console's, not an API credential.
+    let (status, _, _) = client
+        .browse(
+            "GET",
+            "/v1/customers/acme/credits",
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // The bearer key opens the page too.
+    let bearer = format!("Bearer {KEY}");
+    let (status, _, body) = client
+        .browse(
+            "GET",
+            "/console/customers/acme",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains(balance), "{body}");
+
+    // Behind a TLS proxy the cookie is Secure.
+    let (_, headers, _) = client
+        .browse(
+            "POST",
+            "/console/login",
+            &[("x-forwarded-proto", "https")],
+            Some(&format!("key={KEY}")),
+        )
+        .await;
+    assert!(
+        header_text(&headers, header::SET_COOKIE).ends_with("; Secure"),
+        "{headers:?}"
+    );
+
+    // Logout ends the session: the same cookie opens nothing any more.
+    let (status, headers, _) = client
+        .browse("POST", "/console/logout", &[("cookie", &cookie)], None)
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        header_text(&headers, header::SET_COOKIE).contains("Max-Age=0"),
+        "{headers:?}"
+    );
+    let (status, _, body) = client
+        .browse(
+            "GET",
+            "/console/customers/acme",
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(!body.contains("balance"), "{body}");
     client.app.engine.stop();
 }
 
