@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -14,11 +14,11 @@ use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::engine::now;
 use crate::http::{Api, CreditTypeQuery, bearer, escape, resolve_credit_type, same_key};
-use crate::rows::{self, AttemptRow, EntryRow};
+use crate::rows;
 use crate::views;
 
 /// Name of the session cookie.
@@ -415,29 +415,18 @@ async fn credits_page(
         Ok(None) => return no_credits(&path_id),
         Err(error) => return unavailable(&format!("cannot read the credits: {error}")),
     };
-    let store = Arc::clone(api.engine.store());
-    let prefix = rows::account_prefix(&path_id, &credit_type);
-    let rows_read = tokio::task::spawn_blocking(move || {
-        let ledger = store.scan(rows::LEDGER, &prefix, &prefix, 200)?;
-        let attempts = store.scan(rows::ATTEMPTS, &prefix, &prefix, 200)?;
-        Ok::<_, refill_store::StoreError>((ledger, attempts))
-    })
-    .await;
-    let (ledger_rows, attempt_rows) = match rows_read {
-        Ok(Ok(found)) => found,
-        Ok(Err(error)) => return unavailable(&format!("cannot read the ledger: {error}")),
-        Err(_) => return unavailable("cannot read the ledger"),
+    let ledger_rows = match crate::reads::ledger(&api.engine, &path_id, &credit_type, 0, 200).await
+    {
+        Ok(found) => found,
+        Err(error) => return unavailable(&format!("cannot read the ledger: {error}")),
     };
-    let ledger: Vec<Value> = ledger_rows
-        .iter()
-        .filter_map(|(_, value)| postcard::from_bytes::<EntryRow>(value).ok())
-        .map(|row| json!({"id": row.seq, "at": row.at.to_string(), "kind": row.kind, "amount": row.amount.to_string(), "balance_after": row.balance_after.to_string(), "reference": row.reference}))
-        .collect();
-    let attempts: Vec<Value> = attempt_rows
-        .iter()
-        .filter_map(|(_, value)| postcard::from_bytes::<AttemptRow>(value).ok())
-        .map(|row| json!({"id": row.id, "at": row.at.to_string(), "credits": row.credits.to_string(), "cost": row.cost.map(|cost| json!({"amount": cost.to_decimal().to_string()})), "status": row.status, "reason": row.reason}))
-        .collect();
+    let attempt_rows = match crate::reads::attempts(&api.engine, &path_id, &credit_type, 200).await
+    {
+        Ok(found) => found,
+        Err(error) => return unavailable(&format!("cannot read the recharges: {error}")),
+    };
+    let ledger: Vec<Value> = ledger_rows.iter().map(rows::entry_json).collect();
+    let attempts: Vec<Value> = attempt_rows.iter().map(rows::attempt_json).collect();
     Html(crate::page::render(&path_id, &view, &ledger, &attempts)).into_response()
 }
 

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::engine::{Applied, Engine, now};
 use crate::error::{ApiError, from_json_error};
-use crate::rows::{self, AttemptRow, EntryRow};
+use crate::rows;
 use crate::views;
 use crate::wire::{self, id};
 
@@ -538,21 +538,38 @@ pub(crate) async fn resolve_credit_type(
         return Ok(credit_type);
     }
     let customer_id = customer.to_owned();
-    let first = api
-        .engine
-        .read(shard, move |state| {
-            state
-                .accounts()
-                .find(|(handle, _)| state.customer_of(*handle).id.as_str() == customer_id)
-                .map(|(handle, _)| state.credit_type_of(handle).to_string())
-        })
-        .await?;
+    let first = if api.engine.owns(shard) {
+        api.engine
+            .read(shard, move |state| {
+                let handle = *state.accounts_of(&customer_id).first()?;
+                Some(state.credit_type_of(handle).to_string())
+            })
+            .await?
+    } else {
+        store_balances(&api, customer)
+            .await?
+            .first()
+            .map(|row| row.credit_type.clone())
+    };
     first.ok_or_else(|| {
         ApiError::not_found(
             "unknown_customer",
             format!("no account for customer {customer:?}"),
         )
     })
+}
+
+/// The flushed balances of a customer, from the account store.
+async fn store_balances(
+    api: &Api,
+    customer: &str,
+) -> Result<Vec<refill_store::BalanceRow>, ApiError> {
+    let store = Arc::clone(api.engine.accounts());
+    let customer = customer.to_owned();
+    tokio::task::spawn_blocking(move || store.balances(&customer))
+        .await
+        .map_err(|_| ApiError::internal("internal", "balance read failed"))?
+        .map_err(|error| ApiError::from(crate::engine::EngineError::from(error)))
 }
 
 async fn get_credits(
@@ -563,6 +580,20 @@ async fn get_credits(
     let shard = api.engine.shard_of(&path_id);
     let credit_type = resolve_credit_type(&api, shard, &path_id, query.credit_type).await?;
     let at = now();
+    if !api.engine.owns(shard) {
+        // Another worker owns the account: answer from the store, saying how fresh it is.
+        let rows = store_balances(&api, &path_id).await?;
+        return rows
+            .iter()
+            .find(|row| row.credit_type == credit_type)
+            .map(|row| Json(views::credits_from_store(row)))
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "unknown_customer",
+                    "no account for this customer and credit type",
+                )
+            });
+    }
     let view = api
         .engine
         .read(shard, move |state| {
@@ -594,27 +625,10 @@ async fn get_ledger(
     let shard = api.engine.shard_of(&path_id);
     let credit_type = resolve_credit_type(&api, shard, &path_id, query.credit_type).await?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1_000);
-    let prefix = rows::account_prefix(&path_id, &credit_type);
-    let start = rows::row_key(
-        &path_id,
-        &credit_type,
-        query.after.map_or(0, |after| after + 1),
-    );
-    let store = Arc::clone(api.engine.store());
+    let from_seq = query.after.map_or(0, |after| after.saturating_add(1));
     let found =
-        tokio::task::spawn_blocking(move || store.scan(rows::LEDGER, &prefix, &start, limit + 1))
-            .await
-            .map_err(|_| ApiError::internal("internal", "ledger read failed"))?
-            .map_err(|error| ApiError::from(crate::engine::EngineError::from(error)))?;
-    let mut entries = Vec::new();
-    for (_, value) in found.iter().take(limit) {
-        let row: EntryRow = postcard::from_bytes(value)
-            .map_err(|error| ApiError::internal("corrupt", error.to_string()))?;
-        entries.push(json!({
-            "id": row.seq, "at": row.at.to_string(), "kind": row.kind, "amount": row.amount.to_string(),
-            "balance_after": row.balance_after.to_string(), "reference": row.reference,
-        }));
-    }
+        crate::reads::ledger(&api.engine, &path_id, &credit_type, from_seq, limit + 1).await?;
+    let entries: Vec<Value> = found.iter().take(limit).map(rows::entry_json).collect();
     let next = (found.len() > limit)
         .then(|| entries.last().map(|entry| entry["id"].clone()))
         .flatten();
@@ -630,25 +644,8 @@ async fn get_recharges(
 ) -> Result<Json<Value>, ApiError> {
     let shard = api.engine.shard_of(&path_id);
     let credit_type = resolve_credit_type(&api, shard, &path_id, query.credit_type).await?;
-    let prefix = rows::account_prefix(&path_id, &credit_type);
-    let store = Arc::clone(api.engine.store());
-    let found = tokio::task::spawn_blocking(move || {
-        store.scan(rows::ATTEMPTS, &prefix.clone(), &prefix, 1_000)
-    })
-    .await
-    .map_err(|_| ApiError::internal("internal", "recharge read failed"))?
-    .map_err(|error| ApiError::from(crate::engine::EngineError::from(error)))?;
-    let attempts: Vec<Value> = found
-        .iter()
-        .filter_map(|(_, value)| postcard::from_bytes::<AttemptRow>(value).ok())
-        .map(|row| {
-            json!({
-                "id": row.id, "at": row.at.to_string(), "credits": row.credits.to_string(),
-                "cost": row.cost.map(|cost| json!({"amount": cost.to_decimal().to_string(), "currency": cost.currency.code()})),
-                "status": row.status, "reason": row.reason,
-            })
-        })
-        .collect();
+    let found = crate::reads::attempts(&api.engine, &path_id, &credit_type, 1_000).await?;
+    let attempts: Vec<Value> = found.iter().map(rows::attempt_json).collect();
     Ok(Json(
         json!({"credit_type": credit_type, "attempts": attempts}),
     ))
@@ -812,7 +809,7 @@ async fn post_events(
 
 /// Ready, with the shards this node owns (all of them on one machine; those of its
 /// partitions when scaled out over Kafka) and the log offset each has applied.
-async fn readyz(State(api): State<Api>) -> Json<Value> {
+async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Value>) {
     let applied = api.engine.applied_offsets();
     let owned: Vec<Value> = api
         .engine
@@ -820,7 +817,28 @@ async fn readyz(State(api): State<Api>) -> Json<Value> {
         .into_iter()
         .map(|shard| json!({"shard": shard, "applied_through": applied.get(shard as usize)}))
         .collect();
-    Json(json!({"status": "ready", "shards": api.engine.shards(), "owned": owned}))
+    let failures: Vec<Value> = api
+        .engine
+        .failures()
+        .into_iter()
+        .map(|(shard, reason)| json!({"shard": shard, "reason": reason}))
+        .collect();
+    let status = if failures.is_empty() {
+        "ready"
+    } else {
+        "not_ready"
+    };
+    let code = if failures.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(
+            json!({"status": status, "shards": api.engine.shards(), "owned": owned, "failed": failures}),
+        ),
+    )
 }
 
 async fn get_metrics(State(api): State<Api>) -> Response {

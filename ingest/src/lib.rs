@@ -9,6 +9,7 @@ pub mod intake;
 pub mod num;
 pub mod openapi;
 pub mod page;
+pub mod reads;
 pub mod rows;
 pub mod views;
 pub mod wire;

@@ -92,3 +92,19 @@ pub fn credits(shard: &Shard, handle: AccountHandle, now: TimestampMs) -> Value 
         "consumed_total": refill_ledger::Credits::from_micros(i64::try_from(account.totals().consumed).unwrap_or(i64::MAX)).to_string(),
     })
 }
+
+/// The credits answer for an account another worker owns, from its flushed row: the
+/// balance as of the row's `as_of` (the staleness), without what only the owner knows.
+pub fn credits_from_store(row: &refill_store::BalanceRow) -> Value {
+    json!({
+        "credit_type": row.credit_type,
+        "balance": crate::rows::credits_text(row.balance_micros),
+        "overdraft": crate::rows::credits_text(row.overdraft_micros),
+        "auto_recharge": row.auto_recharge_status.as_ref().map(|status| json!({
+            "status": status,
+            "paused_reason": row.paused_reason,
+        })),
+        "source": "store",
+        "as_of": TimestampMs(row.as_of_ms).to_string(),
+    })
+}

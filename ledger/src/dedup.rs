@@ -322,7 +322,10 @@ impl DedupWindow {
     pub fn take_added(&mut self) -> Vec<(u64, Vec<u128>)> {
         let mut taken = Vec::with_capacity(2);
         if !self.added_previous.is_empty() {
-            taken.push((self.generation - 1, std::mem::take(&mut self.added_previous)));
+            taken.push((
+                self.generation - 1,
+                std::mem::take(&mut self.added_previous),
+            ));
         }
         if !self.added.is_empty() {
             taken.push((self.generation, std::mem::take(&mut self.added)));

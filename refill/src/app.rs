@@ -14,7 +14,7 @@ use refill_recharger::gateway::{ChargeRequest, ChargeResult, Gateway};
 use refill_recharger::sandbox::SandboxGateway;
 use refill_recharger::worker::{Recharger, RechargerConfig};
 use refill_store::embedded::Embedded;
-use refill_store::{Log, Store};
+use refill_store::{AccountStore, KvAccountStore, Log, Store};
 
 /// A running engine: its router and what must be stopped.
 pub struct App {
@@ -72,13 +72,39 @@ pub async fn start(
     start_on(embedded.clone(), embedded, shards, api_key, metrics).await
 }
 
-/// Starts everything on the given log and store (embedded, Kafka, CQL).
+/// Starts everything on the given log and store (embedded, Kafka, CQL), with the account
+/// tables kept in that store's key-value tables.
 pub async fn start_on(
     log: Arc<dyn Log>,
     store: Arc<dyn Store>,
     shards: u32,
     api_key: String,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> anyhow::Result<App> {
+    let accounts: Arc<dyn AccountStore> = Arc::new(KvAccountStore::new(Arc::clone(&store)));
+    start_with(
+        log,
+        store,
+        accounts,
+        shards,
+        api_key,
+        metrics,
+        EngineConfig::default(),
+    )
+    .await
+}
+
+/// Starts everything on the given log, key-value store (the recharger's book) and account
+/// store (balances, ledger, checkpoints), with `config`'s settings (its shard count is
+/// `shards`).
+pub async fn start_with(
+    log: Arc<dyn Log>,
+    store: Arc<dyn Store>,
+    accounts: Arc<dyn AccountStore>,
+    shards: u32,
+    api_key: String,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    config: EngineConfig,
 ) -> anyhow::Result<App> {
     anyhow::ensure!(
         log.partitions() == shards,
@@ -87,13 +113,11 @@ pub async fn start_on(
     );
     let (commands_tx, mut commands_rx) = tokio::sync::mpsc::unbounded_channel();
     let recharger_store = Arc::clone(&store);
-    let config = EngineConfig {
-        shards,
-        ..EngineConfig::default()
-    };
-    let engine =
-        tokio::task::spawn_blocking(move || Engine::start(log, store, config, commands_tx))
-            .await??;
+    let config = EngineConfig { shards, ..config };
+    let engine = tokio::task::spawn_blocking(move || {
+        Engine::start(log, store, accounts, config, commands_tx)
+    })
+    .await??;
 
     let gateway = Arc::new(SandboxGateway::new());
     let mut recharger = Recharger::open(

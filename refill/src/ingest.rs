@@ -65,9 +65,12 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot use the journal topic {}", topics.journal))?;
     let store = refill::app::open_cql_store(&args.store, &args.keyspace)?;
     let (commands, command_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let accounts: Arc<dyn refill_store::AccountStore> =
+        Arc::new(refill_store::KvAccountStore::new(Arc::clone(&store)));
     let engine = Engine::create(
         Arc::new(journal),
         store,
+        accounts,
         EngineConfig {
             shards: partitions,
             ..EngineConfig::default()

@@ -115,6 +115,8 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     );
     println!("  inputs rejected       {:>12}", total.inputs_rejected);
     println!("  shard crashes         {:>12}", total.crashes);
+    println!("    restored from rows  {:>12}", total.restores_from_rows);
+    println!("  flushes               {:>12}", total.flushes);
     println!(
         "  recharges ok / declined / cut {:>5} / {} / {}",
         total.recharges_succeeded, total.recharges_declined, total.recharges_cut

@@ -11,7 +11,6 @@
 //! refused with [`EngineError::NotOwner`].
 
 mod partition;
-pub mod snapshot_row;
 mod worker;
 
 pub use partition::kafka_partition_of;
@@ -23,9 +22,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
+use refill_ledger::effects::{LedgerEntry, RechargeAttempt};
 use refill_ledger::effects::{Outcome, RechargeCommand};
 use refill_ledger::{Credits, Input, Shard, ShardConfig, TimestampMs};
-use refill_store::{Log, Store, StoreError};
+use refill_store::{AccountStore, Log, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -67,9 +67,13 @@ pub struct EngineConfig {
     pub shards: u32,
     /// The shards' settings.
     pub shard: ShardConfig,
-    /// A snapshot is taken at most this often.
-    pub snapshot_interval_ms: u64,
-    /// Without traffic, a tick is logged this often so expiries and period ends happen.
+    /// A shard that changed writes what changed to the account store this often.
+    pub flush_interval_ms: u64,
+    /// Tries of one flush before the shard stops (crash-only).
+    pub flush_attempts_max: u32,
+    /// Wait before the first retry of a flush (doubled each time, at most 5 s).
+    pub flush_retry_backoff_ms: u64,
+    /// A due timer (expiry, period end) is logged as a tick at most this often.
     pub tick_interval_ms: u64,
     /// Log records read per worker pass.
     pub read_batch_max: usize,
@@ -80,8 +84,10 @@ impl Default for EngineConfig {
         Self {
             shards: 2,
             shard: ShardConfig::default(),
-            snapshot_interval_ms: 30_000,
-            tick_interval_ms: 5_000,
+            flush_interval_ms: 1_000,
+            flush_attempts_max: 5,
+            flush_retry_backoff_ms: 100,
+            tick_interval_ms: 1_000,
             read_batch_max: 256,
         }
     }
@@ -120,7 +126,22 @@ pub struct Applied {
     pub outcomes: Vec<(u32, Outcome)>,
 }
 
-type ReadJob = Box<dyn FnOnce(&Shard, SourceMarks) + Send>;
+/// What a read job sees on the worker, between batches: the shard, where its sources
+/// stand, and what it applied but has not flushed yet.
+pub struct ShardView<'a> {
+    /// The shard.
+    pub shard: &'a Shard,
+    /// Where its Kafka sources continue.
+    pub marks: SourceMarks,
+    /// Ledger entries since the last flush (not in the store yet).
+    pub unflushed_entries: &'a [LedgerEntry],
+    /// Recharge attempts since the last flush (not in the store yet).
+    pub unflushed_attempts: &'a [RechargeAttempt],
+    /// Shard batch → log offset, for the references of unflushed usage.
+    pub offsets: crate::rows::BatchOffsets,
+}
+
+type ReadJob = Box<dyn FnOnce(&ShardView<'_>) + Send>;
 
 enum Wake {
     Appended,
@@ -135,6 +156,8 @@ struct ShardLane {
     applied_through: AtomicU64,
     owned: AtomicBool,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Why the worker stopped, if it failed (readiness reports it).
+    failure: Mutex<Option<String>>,
 }
 
 /// Balances readable without locks by API threads; updated by the owning worker.
@@ -149,6 +172,7 @@ pub struct Engine {
 struct Inner {
     log: Arc<dyn Log>,
     store: Arc<dyn Store>,
+    accounts: Arc<dyn AccountStore>,
     config: EngineConfig,
     lanes: Vec<ShardLane>,
     balances: BalanceTable,
@@ -169,10 +193,11 @@ impl Engine {
     pub fn start(
         log: Arc<dyn Log>,
         store: Arc<dyn Store>,
+        accounts: Arc<dyn AccountStore>,
         config: EngineConfig,
         commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
     ) -> Result<Engine, EngineError> {
-        let engine = Engine::create(log, store, config, commands);
+        let engine = Engine::create(log, store, accounts, config, commands);
         for shard in 0..config.shards {
             engine.acquire(shard)?;
         }
@@ -183,6 +208,7 @@ impl Engine {
     pub fn create(
         log: Arc<dyn Log>,
         store: Arc<dyn Store>,
+        accounts: Arc<dyn AccountStore>,
         config: EngineConfig,
         commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
     ) -> Engine {
@@ -201,6 +227,7 @@ impl Engine {
                     applied_through: AtomicU64::new(0),
                     owned: AtomicBool::new(false),
                     worker: Mutex::new(None),
+                    failure: Mutex::new(None),
                 }
             })
             .collect();
@@ -208,6 +235,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 log,
                 store,
+                accounts,
                 config,
                 lanes,
                 balances: DashMap::new(),
@@ -299,8 +327,8 @@ impl Engine {
 
     fn read_marks_blocking(&self, shard: u32) -> Result<SourceMarks, EngineError> {
         let (sender, receiver) = std::sync::mpsc::channel();
-        let job: ReadJob = Box::new(move |_state: &Shard, marks: SourceMarks| {
-            let _ = sender.send(marks);
+        let job: ReadJob = Box::new(move |view: &ShardView<'_>| {
+            let _ = sender.send(view.marks);
         });
         self.lane(shard)?
             .wake
@@ -414,14 +442,53 @@ impl Engine {
             return Err(EngineError::NotOwner { shard });
         }
         let (sender, receiver) = oneshot::channel();
-        let wrapped: ReadJob = Box::new(move |state: &Shard, _marks| {
-            let _ = sender.send(job(state));
+        let wrapped: ReadJob = Box::new(move |view: &ShardView<'_>| {
+            let _ = sender.send(job(view.shard));
         });
         self.lane(shard)?
             .wake
             .send(Wake::Read(wrapped))
             .map_err(|_| EngineError::Stopped { shard })?;
         receiver.await.map_err(|_| EngineError::Stopped { shard })
+    }
+
+    /// Runs `job` on the shard's worker between batches with what it has not flushed yet.
+    pub async fn read_view<T: Send + 'static>(
+        &self,
+        shard: u32,
+        job: impl FnOnce(&ShardView<'_>) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        if !self.owns(shard) {
+            return Err(EngineError::NotOwner { shard });
+        }
+        let (sender, receiver) = oneshot::channel();
+        let wrapped: ReadJob = Box::new(move |view: &ShardView<'_>| {
+            let _ = sender.send(job(view));
+        });
+        self.lane(shard)?
+            .wake
+            .send(Wake::Read(wrapped))
+            .map_err(|_| EngineError::Stopped { shard })?;
+        receiver.await.map_err(|_| EngineError::Stopped { shard })
+    }
+
+    /// The account store (balances, ledger entries, attempts as flushed).
+    pub fn accounts(&self) -> &Arc<dyn AccountStore> {
+        &self.inner.accounts
+    }
+
+    /// Shards whose worker stopped on an error, with the reason.
+    pub fn failures(&self) -> Vec<(u32, String)> {
+        (0_u32..)
+            .zip(&self.inner.lanes)
+            .filter_map(|(shard, lane)| {
+                lane.failure
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .clone()
+                    .map(|reason| (shard, reason))
+            })
+            .collect()
     }
 
     /// The balance of (customer, credit type) from the lock-free table.

@@ -1,18 +1,24 @@
-//! One shard's single writer: restores the shard, replays the log after the snapshot, then
-//! applies each new record as one batch, writes the read side's rows and the lock-free
-//! balances, answers waiting writers and hands recharge commands on.
+//! One shard's single writer: restores the shard from its flushed rows and checkpoint,
+//! replays the log after it, then applies each new record as one batch, publishes the
+//! lock-free balances, answers waiting writers, hands recharge commands on, and every
+//! `flush_interval_ms` logs a flush whose rows (what changed since the last one) it writes
+//! to the account store, checkpoint last. Crash-only: a flush that still fails after its
+//! retries stops the shard with the reason, and nothing moves past it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use refill_ledger::effects::{Effects, Outcome, RechargeCommand};
+use refill_ledger::effects::{
+    AccountHandle, Effects, FlushSet, LedgerEntry, Outcome, RechargeAttempt, RechargeCommand,
+};
+use refill_ledger::shard::{ShardRowsRef, encode_fingerprints};
 use refill_ledger::{Input, Shard};
-use refill_store::Write;
+use refill_store::{AccountStateRow, CheckpointRow, CustomerStateRow, DedupChunkRow, Flush};
 
-use super::{Applied, Engine, EngineError, LogBatch, SourceMarks, Wake, now, snapshot_row};
-use crate::rows::{self, AttemptRow, EntryRow};
+use super::{Applied, Engine, EngineError, LogBatch, ShardView, SourceMarks, Wake, now};
+use crate::rows::{self, BatchOffsets};
 
 /// One shard's single writer.
 pub(super) struct Worker {
@@ -22,10 +28,20 @@ pub(super) struct Worker {
     next_offset: u64,
     commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
     effects: Effects,
-    last_snapshot: Instant,
-    snapshot_offset: u64,
-    last_activity: Instant,
     sources: Option<SourceMarks>,
+    offsets: BatchOffsets,
+    /// Entries and attempts made since the last flush, written by the next one.
+    unflushed_entries: Vec<LedgerEntry>,
+    unflushed_attempts: Vec<RechargeAttempt>,
+    /// Per account handle, the slot (0 or 1) holding its newest flushed state; a flush
+    /// writes the other one (see `refill_store::accounts`).
+    account_slots: Vec<u8>,
+    /// Likewise per customer index.
+    customer_slots: Vec<u8>,
+    last_flush: Instant,
+    /// A flush record is in the log and not applied yet: do not log another.
+    flush_logged: bool,
+    last_tick: Instant,
 }
 
 impl Worker {
@@ -34,51 +50,77 @@ impl Worker {
         shard_index: u32,
         commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
     ) -> Result<Worker, EngineError> {
+        let started = Instant::now();
         let inner = &engine.inner;
-        let (shard, next_offset, sources) = match inner
-            .store
-            .get(rows::SNAPSHOTS, &shard_index.to_be_bytes())?
-        {
-            Some(bytes) => {
-                let row = snapshot_row::decode(&bytes).ok_or_else(|| {
+        let rows = inner.accounts.load_shard(shard_index)?;
+        let (shard, next_offset, sources) = match &rows.checkpoint {
+            Some(checkpoint) => {
+                let shard = Shard::from_rows(&ShardRowsRef {
+                    meta: &checkpoint.meta,
+                    accounts: rows
+                        .accounts
+                        .iter()
+                        .map(|(_, state)| state.as_slice())
+                        .collect(),
+                    customers: rows
+                        .customers
+                        .iter()
+                        .map(|(_, state)| state.as_slice())
+                        .collect(),
+                    dedup: rows
+                        .dedup
+                        .iter()
+                        .map(|chunk| (chunk.generation, chunk.fingerprints.as_slice()))
+                        .collect(),
+                })
+                .map_err(|error| {
                     EngineError::Corrupt(format!(
-                        "expected a snapshot row of shard {shard_index} (a header of {} bytes \
-                         with a marks flag of 0 or 1), found {} bytes",
-                        snapshot_row::HEADER_BYTES,
-                        bytes.len()
+                        "rows of shard {shard_index} at checkpoint {}: {error}",
+                        checkpoint.version
                     ))
                 })?;
-                let shard = Shard::restore(row.shard).map_err(|error| {
-                    EngineError::Corrupt(format!("snapshot of shard {shard_index}: {error}"))
-                })?;
-                (shard, row.next_offset, row.sources)
+                let sources = checkpoint
+                    .sources
+                    .map(|(usage_next, commands_next)| SourceMarks {
+                        usage_next,
+                        commands_next,
+                    });
+                (shard, checkpoint.log_next, sources)
             }
             None => (Shard::new(inner.config.shard, now()), 0, None),
         };
+        let offsets = BatchOffsets {
+            partition: shard_index,
+            offset_minus_batch: i128::from(next_offset) - 1 - i128::from(shard.batch()),
+        };
         let mut worker = Worker {
             shard_index,
-            shard,
             next_offset,
             commands,
             effects: Effects::default(),
-            last_snapshot: Instant::now(),
-            snapshot_offset: next_offset,
-            last_activity: Instant::now(),
             sources,
+            offsets,
+            unflushed_entries: Vec::new(),
+            unflushed_attempts: Vec::new(),
+            account_slots: rows.accounts.iter().map(|(slot, _)| *slot).collect(),
+            customer_slots: rows.customers.iter().map(|(slot, _)| *slot).collect(),
+            last_flush: Instant::now(),
+            flush_logged: false,
+            last_tick: Instant::now(),
             engine,
+            shard,
         };
-        let started = Instant::now();
-        let mut replayed = 0_u64;
-        while worker.apply_available()? > 0 {
-            replayed += 1;
-        }
+        // Every restored balance is readable without a lock from the start.
+        let handles: Vec<AccountHandle> =
+            worker.shard.accounts().map(|(handle, _)| handle).collect();
+        worker.publish_balances(&handles);
+        worker.apply_all()?;
         // Commands in flight at the crash are published again; the recharger applies each id once.
         for command in worker.shard.in_flight_commands() {
             let _ = worker.commands.send(command);
         }
         metrics::histogram!("refill_ingest_restore_seconds")
             .record(started.elapsed().as_secs_f64());
-        let _ = replayed;
         Ok(worker)
     }
 
@@ -93,47 +135,103 @@ impl Worker {
     }
 
     pub(super) fn run(&mut self, wake: &Receiver<Wake>) {
-        let tick = Duration::from_millis(self.engine.inner.config.tick_interval_ms);
+        let config = self.engine.inner.config;
+        let flush_interval = Duration::from_millis(config.flush_interval_ms);
+        let tick_interval = Duration::from_millis(config.tick_interval_ms);
+        let poll = flush_interval
+            .min(tick_interval)
+            .min(Duration::from_millis(500));
         loop {
-            match wake.recv_timeout(tick.min(Duration::from_millis(500))) {
+            let result = match wake.recv_timeout(poll) {
                 Ok(Wake::Stop) => {
-                    let _ = self.apply_all();
-                    let _ = self.snapshot();
+                    if let Err(error) = self.stop() {
+                        self.fail(&error);
+                    }
                     return;
                 }
                 Ok(Wake::Read(job)) => {
                     // Apply what is durable first, so a client reads its own writes.
-                    if let Err(error) = self.apply_all() {
-                        eprintln!("shard {}: apply failed: {error}", self.shard_index);
-                    }
-                    job(&self.shard, self.sources());
+                    let result = self.apply_all();
+                    job(&ShardView {
+                        shard: &self.shard,
+                        marks: self.sources(),
+                        unflushed_entries: &self.unflushed_entries,
+                        unflushed_attempts: &self.unflushed_attempts,
+                        offsets: self.offsets,
+                    });
+                    result
                 }
-                Ok(Wake::Appended) => {
-                    if let Err(error) = self.apply_all() {
-                        eprintln!("shard {}: apply failed: {error}", self.shard_index);
-                    }
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    if let Err(error) = self.apply_all() {
-                        eprintln!("shard {}: apply failed: {error}", self.shard_index);
-                    }
-                    if self.last_activity.elapsed() >= tick {
-                        // Time passes even without traffic: log a tick so expiries and
-                        // period ends apply (and replay identically).
-                        self.last_activity = Instant::now();
-                        let _ = self.engine.append(self.shard_index, vec![Input::Tick]);
-                    }
+                Ok(Wake::Appended) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    self.apply_all()
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-            }
-            if self.last_snapshot.elapsed()
-                >= Duration::from_millis(self.engine.inner.config.snapshot_interval_ms)
-                && self.next_offset > self.snapshot_offset
-                && let Err(error) = self.snapshot()
-            {
-                eprintln!("shard {}: snapshot failed: {error}", self.shard_index);
+            };
+            let result = result.and_then(|()| self.log_timers(flush_interval, tick_interval));
+            if let Err(error) = result {
+                self.fail(&error);
+                return;
             }
         }
+    }
+
+    /// Crash-only: the shard stops where it is, says why, and its offset stays before the
+    /// work that failed (a restart or the next owner redoes it from the log).
+    fn fail(&self, error: &EngineError) {
+        eprintln!("shard {}: stopped: {error}", self.shard_index);
+        self.engine.inner.lanes[self.shard_index as usize]
+            .failure
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .replace(error.to_string());
+        metrics::counter!("refill_ingest_shard_failures_total").increment(1);
+    }
+
+    /// Logs a flush when one is due and something changed, and a tick when a timer is
+    /// due: an idle shard logs and writes nothing.
+    fn log_timers(
+        &mut self,
+        flush_interval: Duration,
+        tick_interval: Duration,
+    ) -> Result<(), EngineError> {
+        let dirty = !self.shard.is_clean()
+            || !self.unflushed_entries.is_empty()
+            || !self.unflushed_attempts.is_empty();
+        if dirty && !self.flush_logged && self.last_flush.elapsed() >= flush_interval {
+            self.append_own(Input::Flush)?;
+            self.flush_logged = true;
+        }
+        let timer_due = self.shard.next_timer_at().is_some_and(|at| at <= now());
+        if timer_due && self.last_tick.elapsed() >= tick_interval {
+            // Expiries and period ends apply at their instant, and replay identically.
+            self.append_own(Input::Tick)?;
+            self.last_tick = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Appends an input of the worker's own (a flush, a tick) to its log partition.
+    fn append_own(&self, input: Input) -> Result<(), EngineError> {
+        let batch = LogBatch {
+            at: now(),
+            inputs: vec![input],
+            sources: None,
+        };
+        let record = postcard::to_stdvec(&batch).expect("serializing to memory cannot fail");
+        self.engine.inner.log.append(self.shard_index, &[&record])?;
+        Ok(())
+    }
+
+    /// Applies what is logged, then a last flush so the next owner restores from rows alone.
+    fn stop(&mut self) -> Result<(), EngineError> {
+        self.apply_all()?;
+        let dirty = !self.shard.is_clean()
+            || !self.unflushed_entries.is_empty()
+            || !self.unflushed_attempts.is_empty();
+        if dirty {
+            self.append_own(Input::Flush)?;
+            self.apply_all()?;
+        }
+        Ok(())
     }
 
     fn apply_all(&mut self) -> Result<(), EngineError> {
@@ -152,7 +250,6 @@ impl Worker {
         if records.is_empty() {
             return Ok(0);
         }
-        let mut writes = Vec::new();
         let mut finished = Vec::with_capacity(records.len());
         for record in &records {
             let batch: LogBatch = postcard::from_bytes(&record.bytes).map_err(|error| {
@@ -161,6 +258,11 @@ impl Worker {
                     self.shard_index, record.offset
                 ))
             })?;
+            debug_assert_eq!(
+                self.offsets.offset_of(self.shard.batch() + 1),
+                i128::from(record.offset),
+                "one log record is one shard batch"
+            );
             let started = Instant::now();
             self.shard
                 .apply_into(batch.at, &batch.inputs, &mut self.effects);
@@ -175,23 +277,18 @@ impl Worker {
             }
             metrics::histogram!("refill_ingest_apply_seconds")
                 .record(started.elapsed().as_secs_f64());
-            metrics::counter!("refill_ingest_events_applied_total")
-                .increment(self.effects.events_applied);
-            metrics::counter!("refill_ingest_dedup_hits_total")
-                .increment(self.effects.events_duplicate);
-            metrics::counter!("refill_ingest_inputs_rejected_total")
-                .increment(self.effects.inputs_rejected);
-            for (_, outcome) in &self.effects.outcomes {
-                if let Outcome::Rejected(rejection) = outcome {
-                    metrics::counter!("refill_ingest_inputs_rejected_by_reason_total", "reason" => rejection.code()).increment(1);
-                }
-            }
-            for notification in &self.effects.notifications {
-                metrics::counter!("refill_ingest_notifications_total", "kind" => notification_kind(&notification.kind)).increment(1);
-            }
-            self.collect_rows(record.offset, &mut writes);
+            self.count_effects();
+            let changed = std::mem::take(&mut self.effects.changed);
+            self.publish_balances(&changed);
+            self.effects.changed = changed;
+            self.unflushed_entries.append(&mut self.effects.entries);
+            self.unflushed_attempts.append(&mut self.effects.attempts);
             for command in &self.effects.commands {
                 let _ = self.commands.send(command.clone());
+            }
+            if let Some(flush) = self.effects.flush.take() {
+                // Nothing after this record is applied until its rows are durable.
+                self.write_flush(&flush, record.offset + 1)?;
             }
             finished.push((
                 record.offset,
@@ -200,12 +297,6 @@ impl Worker {
                 },
             ));
             self.next_offset = record.offset + 1;
-        }
-        if !writes.is_empty() {
-            let started = Instant::now();
-            inner.store.write(writes)?;
-            metrics::histogram!("refill_ingest_flush_seconds")
-                .record(started.elapsed().as_secs_f64());
         }
         let lane = &inner.lanes[self.shard_index as usize];
         lane.applied_through
@@ -219,42 +310,34 @@ impl Worker {
                 let _ = waiter.send(applied);
             }
         }
-        self.last_activity = Instant::now();
         Ok(records.len())
     }
 
-    /// Rows for the read side, and the lock-free balances of the changed accounts.
-    fn collect_rows(&mut self, offset: u64, writes: &mut Vec<Write>) {
+    fn count_effects(&self) {
+        let fx = &self.effects;
+        metrics::counter!("refill_ingest_events_applied_total").increment(fx.events_applied);
+        metrics::counter!("refill_ingest_dedup_hits_total").increment(fx.events_duplicate);
+        metrics::counter!("refill_ingest_inputs_rejected_total").increment(fx.inputs_rejected);
+        for (_, outcome) in &fx.outcomes {
+            if let Outcome::Rejected(rejection) = outcome {
+                metrics::counter!("refill_ingest_inputs_rejected_by_reason_total", "reason" => rejection.code()).increment(1);
+            }
+        }
+        for notification in &fx.notifications {
+            metrics::counter!("refill_ingest_notifications_total", "kind" => notification_kind(&notification.kind)).increment(1);
+        }
+    }
+
+    /// The lock-free balances of the given accounts.
+    fn publish_balances(&self, handles: &[AccountHandle]) {
         let shard = &self.shard;
-        for entry in &self.effects.entries {
-            let customer = shard.customer_of(entry.account).id.as_str();
-            let credit_type = shard.credit_type_of(entry.account).as_str();
-            let row = EntryRow::from_entry(entry, self.shard_index, offset);
-            writes.push(Write::Put {
-                table: rows::LEDGER,
-                key: rows::row_key(customer, credit_type, entry.seq),
-                value: postcard::to_stdvec(&row).expect("serializing to memory cannot fail"),
-            });
-        }
-        for attempt in &self.effects.attempts {
-            let row = AttemptRow::from_attempt(attempt);
-            writes.push(Write::Put {
-                table: rows::ATTEMPTS,
-                key: rows::row_key(
-                    attempt.id.customer.as_str(),
-                    attempt.id.credit_type.as_str(),
-                    attempt.id.seq,
-                ),
-                value: postcard::to_stdvec(&row).expect("serializing to memory cannot fail"),
-            });
-        }
         let balances = &self.engine.inner.balances;
-        for &handle in &self.effects.changed {
+        for &handle in handles {
+            let micros = shard.account(handle).balance().micros();
             let key = (
                 shard.customer_of(handle).id.to_string(),
                 shard.credit_type_of(handle).to_string(),
             );
-            let micros = shard.account(handle).balance().micros();
             match balances.get(&key) {
                 // Release pairs with the readers' Acquire: a reader sees a balance no older
                 // than the batch that wrote it.
@@ -266,31 +349,128 @@ impl Worker {
         }
     }
 
-    fn snapshot(&mut self) -> Result<(), EngineError> {
-        let value = snapshot_row::encode(self.next_offset, self.sources, &self.shard.snapshot());
-        self.engine.inner.store.write(vec![Write::Put {
-            table: rows::SNAPSHOTS,
-            key: self.shard_index.to_be_bytes().to_vec(),
-            value,
-        }])?;
-        self.snapshot_offset = self.next_offset;
-        self.last_snapshot = Instant::now();
-        // Between snapshots is often enough for a gauge that alerts page on.
-        let paused = self
-            .shard
-            .accounts()
-            .filter(|(_, account)| {
-                account
-                    .auto_recharge()
-                    .is_some_and(|auto| auto.paused.is_some())
-            })
-            .count();
-        metrics::gauge!("refill_ingest_paused_accounts", "shard" => self.shard_index.to_string())
-            .set(paused as f64);
+    /// Writes the rows of a flush the shard just closed, checkpoint last, retrying a failed
+    /// write (every row is idempotent) a bounded number of times.
+    fn write_flush(&mut self, set: &FlushSet, log_next: u64) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let flush = self.flush_rows(set, log_next);
+        let config = self.engine.inner.config;
+        let mut backoff = Duration::from_millis(config.flush_retry_backoff_ms);
+        let mut attempt = 1;
+        loop {
+            match self.engine.inner.accounts.flush(&flush) {
+                Ok(()) => break,
+                Err(error) if attempt < config.flush_attempts_max => {
+                    eprintln!(
+                        "shard {}: flush {} failed (attempt {attempt} of {}), retrying: {error}",
+                        self.shard_index, set.number, config.flush_attempts_max
+                    );
+                    metrics::counter!("refill_store_flush_retries_total").increment(1);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        // The slots written now hold the newest states.
+        for row in &flush.accounts {
+            self.account_slots[row.handle as usize] = row.slot;
+        }
+        for row in &flush.customers {
+            self.customer_slots[row.index as usize] = row.slot;
+        }
+        self.unflushed_entries.clear();
+        self.unflushed_attempts.clear();
+        self.last_flush = Instant::now();
+        self.flush_logged = false;
+        metrics::histogram!("refill_store_flush_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("refill_store_flush_accounts_total").increment(set.accounts.len() as u64);
+        metrics::gauge!("refill_store_flush_lag_seconds", "shard" => self.shard_index.to_string())
+            .set(0.0);
         metrics::gauge!("refill_ingest_accounts", "shard" => self.shard_index.to_string())
             .set(self.shard.account_count() as f64);
-        metrics::counter!("refill_ingest_snapshots_total").increment(1);
         Ok(())
+    }
+
+    /// The rows of a flush: the dirty accounts' balances and states, the changed customers,
+    /// the entries and attempts since the last flush, the new dedup ids, the checkpoint.
+    fn flush_rows(&mut self, set: &FlushSet, log_next: u64) -> Flush {
+        let shard = &self.shard;
+        let partition = self.shard_index;
+        let as_of = shard.clock();
+        self.account_slots.resize(shard.account_count(), 0);
+        self.customer_slots.resize(shard.customer_count(), 0);
+        let balances = set
+            .accounts
+            .iter()
+            .map(|&handle| rows::balance_row(shard, handle, as_of, set.number, partition))
+            .collect();
+        let accounts = set
+            .accounts
+            .iter()
+            .map(|&handle| AccountStateRow {
+                shard: partition,
+                handle: handle.0,
+                slot: 1 - self.account_slots[handle.0 as usize],
+                version: set.number,
+                state: shard.account_state(handle),
+            })
+            .collect();
+        let customers = set
+            .customers
+            .iter()
+            .map(|&index| CustomerStateRow {
+                shard: partition,
+                index,
+                slot: 1 - self.customer_slots[index as usize],
+                version: set.number,
+                customer_id: shard.customer_at(index).id.to_string(),
+                state: shard.customer_state(index),
+            })
+            .collect();
+        let entries = self
+            .unflushed_entries
+            .iter()
+            .map(|entry| rows::entry_row(shard, entry, self.offsets))
+            .collect();
+        let attempts = self
+            .unflushed_attempts
+            .iter()
+            .map(rows::attempt_row)
+            .collect();
+        let dedup = set
+            .dedup
+            .iter()
+            .map(|(generation, keys)| DedupChunkRow {
+                shard: partition,
+                generation: *generation,
+                flush: set.number,
+                fingerprints: encode_fingerprints(keys),
+            })
+            .collect();
+        let checkpoint = CheckpointRow {
+            shard: partition,
+            version: set.number,
+            log_next,
+            sources: self
+                .sources
+                .map(|marks| (marks.usage_next, marks.commands_next)),
+            as_of_ms: as_of.0,
+            accounts: u32::try_from(shard.account_count()).expect("fewer than 2^32 accounts"),
+            customers: u32::try_from(shard.customer_count()).expect("fewer than 2^32 customers"),
+            dedup_generation_min: set.dedup_generation_min,
+            meta: shard.flush_meta(),
+        };
+        Flush {
+            balances,
+            accounts,
+            customers,
+            entries,
+            attempts,
+            dedup,
+            checkpoint: Some(checkpoint),
+        }
     }
 }
 

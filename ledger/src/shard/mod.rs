@@ -194,9 +194,7 @@ impl Shard {
             Input::PutCustomer(update) => &update.id,
             Input::Subscribe(request) => &request.customer,
             Input::Grant(request) => &request.customer,
-            Input::VoidGrant { customer, .. } | Input::SetAutoRecharge { customer, .. } => {
-                customer
-            }
+            Input::VoidGrant { customer, .. } | Input::SetAutoRecharge { customer, .. } => customer,
             Input::RechargeOutcome(outcome) => &outcome.command.customer,
             Input::Usage(_)
             | Input::PutCreditType(_)
@@ -468,6 +466,17 @@ impl Shard {
     pub fn customer(&self, id: &str) -> Option<&Customer> {
         self.customer_number(id)
             .map(|index| &self.customers[index as usize])
+    }
+
+    /// A customer's accounts, in the order they were opened.
+    pub fn accounts_of(&self, customer: &str) -> Vec<AccountHandle> {
+        self.customer(customer).map_or_else(Vec::new, |found| {
+            found
+                .accounts
+                .iter()
+                .map(|&(_, account)| AccountHandle(account))
+                .collect()
+        })
     }
 
     /// The account of (customer, credit type), if it exists.

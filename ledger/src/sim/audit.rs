@@ -187,7 +187,9 @@ impl RechargeAuditor {
             // A flush rolls up everything: the ledger alone sums to every balance.
             for (handle, account) in shard.accounts() {
                 let sum = self.ledger.get(&handle).map_or(0, |(_, sum)| *sum);
-                if account.pending_usage().events != 0 || sum != i128::from(account.balance().micros()) {
+                if account.pending_usage().events != 0
+                    || sum != i128::from(account.balance().micros())
+                {
                     return Err((
                         "1 conservation",
                         format!(

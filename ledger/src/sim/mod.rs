@@ -333,10 +333,12 @@ impl World {
         let from_rows = self.rows.position().is_some() && self.rng.chance(500);
         let (position, mut shard) = if from_rows {
             self.stats.restores_from_rows += 1;
-            let shard = self
-                .rows
-                .restore()
-                .map_err(|error| ("10 replay is exact", format!("restore from rows failed: {error}")))?;
+            let shard = self.rows.restore().map_err(|error| {
+                (
+                    "10 replay is exact",
+                    format!("restore from rows failed: {error}"),
+                )
+            })?;
             (self.rows.position().unwrap_or(0), shard)
         } else {
             let (position, bytes) = &self.snapshot;

@@ -121,7 +121,7 @@ pub struct AttemptRow {
     pub cost_minor_units: Option<i64>,
     /// The cost's ISO 4217 currency, when known.
     pub currency: Option<String>,
-    /// `issued`, `succeeded`, `failed` or `skipped`.
+    /// `pending`, `succeeded`, `failed` or `skipped`.
     pub status: String,
     /// Why (a decline code, `spend_limit_reached`, ...).
     pub reason: Option<String>,
