@@ -80,7 +80,11 @@ fn usage_beyond_grants_is_overdraft_paid_back_first_by_the_next_grant() {
     assert_eq!(remaining(&shard), vec![(1, 3)]);
     // The usage not yet rolled up comes first, so the ledger sums to every balance_after.
     assert_eq!(
-        (fx.entries[0].kind, fx.entries[0].amount, fx.entries[0].balance_after),
+        (
+            fx.entries[0].kind,
+            fx.entries[0].amount,
+            fx.entries[0].balance_after
+        ),
         (EntryKind::Usage, credits(-7), credits(-7))
     );
     assert_eq!(
