@@ -229,9 +229,28 @@ pub fn open_store(
     open_cql_store(url, CQL_KEYSPACE)
 }
 
+/// The account store that goes with a store opened by [`open_store`] or
+/// [`open_cql_store`]: the typed CQL tables beside a CQL store, the key-value tables of any
+/// other (the embedded one).
+pub fn account_store_for(
+    url: &str,
+    keyspace: &str,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<Arc<dyn AccountStore>> {
+    if url.starts_with("scylla://") || url.starts_with("cassandra://") {
+        let cql = open_cql(url, keyspace)?;
+        return Ok(Arc::new(refill_store_cql::CqlAccountStore::new(cql)));
+    }
+    Ok(Arc::new(KvAccountStore::new(Arc::clone(store))))
+}
+
 /// Connects to the CQL store of a `scylla://HOST:PORT` or `cassandra://HOST:PORT` URL, in
 /// `keyspace`.
 pub fn open_cql_store(url: &str, keyspace: &str) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_cql(url, keyspace)?)
+}
+
+fn open_cql(url: &str, keyspace: &str) -> anyhow::Result<Arc<refill_store_cql::CqlStore>> {
     let address = url
         .strip_prefix("scylla://")
         .or_else(|| url.strip_prefix("cassandra://"))

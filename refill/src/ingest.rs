@@ -26,6 +26,11 @@ pub struct IngestArgs {
     /// The CQL keyspace (made by `refill migrate`).
     #[arg(long, env = "REFILL_KEYSPACE", default_value = refill::app::CQL_KEYSPACE)]
     keyspace: String,
+    /// How often a shard that changed writes what changed to the store, in milliseconds;
+    /// an idle shard writes nothing.
+    #[arg(long, env = "REFILL_FLUSH_INTERVAL_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    flush_interval_ms: u64,
     /// A prefix before every topic name (a namespace on a shared cluster; tests use one).
     #[arg(long, env = "REFILL_TOPIC_PREFIX", default_value = "")]
     topic_prefix: String,
@@ -65,14 +70,14 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot use the journal topic {}", topics.journal))?;
     let store = refill::app::open_cql_store(&args.store, &args.keyspace)?;
     let (commands, command_receiver) = tokio::sync::mpsc::unbounded_channel();
-    let accounts: Arc<dyn refill_store::AccountStore> =
-        Arc::new(refill_store::KvAccountStore::new(Arc::clone(&store)));
+    let accounts = refill::app::account_store_for(&args.store, &args.keyspace, &store)?;
     let engine = Engine::create(
         Arc::new(journal),
         store,
         accounts,
         EngineConfig {
             shards: partitions,
+            flush_interval_ms: args.flush_interval_ms,
             ..EngineConfig::default()
         },
         commands,

@@ -36,6 +36,11 @@ pub struct ServeArgs {
     /// The admin API key; when absent, one is made at first start and kept in DATA/api-key.
     #[arg(long, env = "REFILL_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// How often a shard that changed writes what changed to the store (balances, ledger,
+    /// checkpoint), in milliseconds; an idle shard writes nothing.
+    #[arg(long, env = "REFILL_FLUSH_INTERVAL_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    flush_interval_ms: u64,
 }
 
 /// Runs the engine until SIGTERM or Ctrl-C.
@@ -126,7 +131,13 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut embedded = None;
     let log = refill::app::open_log(&args.log, &args.data, shards, &mut embedded)?;
     let store = refill::app::open_store(&args.store, &args.data, shards, &mut embedded)?;
-    let app = refill::app::start_on(log, store, shards, key, Some(metrics)).await?;
+    let accounts = refill::app::account_store_for(&args.store, refill::app::CQL_KEYSPACE, &store)?;
+    let config = refill_ingest::engine::EngineConfig {
+        flush_interval_ms: args.flush_interval_ms,
+        ..refill_ingest::engine::EngineConfig::default()
+    };
+    let app =
+        refill::app::start_with(log, store, accounts, shards, key, Some(metrics), config).await?;
     // On Kafka, producers' usage and other roles' account commands come in through the
     // group intake; this process owns every shard already, so the group's assignment only
     // tells the intake where each shard's sources continue.

@@ -678,23 +678,33 @@ async fn the_worked_example_on_kafka_and_cassandra() {
     };
     let data = TempDir::new("kafka-cql");
     let shards = 2;
+    let keyspace = format!("refill_walkthrough_{}", std::process::id());
+    let keyspace_for_connect = keyspace.clone();
+    let cql_for_connect = cql.clone();
     let (log, store) = tokio::task::spawn_blocking(move || {
         // A fresh journal topic and keyspace per run keep runs independent.
         let topic = format!("refill-test-journal-{}", std::process::id());
         let log = refill_store_kafka::KafkaLog::connect(&kafka, &topic, shards).expect("kafka");
-        let keyspace = format!("refill_walkthrough_{}", std::process::id());
-        let store = refill_store_cql::CqlStore::connect(&cql, &keyspace).expect("cql");
+        let store = refill_store_cql::CqlStore::connect(&cql_for_connect, &keyspace_for_connect)
+            .expect("cql");
         store.migrate().expect("schema");
-        (log, store)
+        (log, std::sync::Arc::new(store))
     })
     .await
     .expect("connect");
-    let app = refill::app::start_on(
+    let accounts = std::sync::Arc::new(refill_store_cql::CqlAccountStore::new(store.clone()));
+    let config = refill_ingest::engine::EngineConfig {
+        flush_interval_ms: 200,
+        ..refill_ingest::engine::EngineConfig::default()
+    };
+    let app = refill::app::start_with(
         std::sync::Arc::new(log),
-        std::sync::Arc::new(store),
+        store,
+        accounts,
         shards,
         KEY.into(),
         None,
+        config,
     )
     .await
     .expect("engine starts");
@@ -718,5 +728,80 @@ async fn the_worked_example_on_kafka_and_cassandra() {
     assert_eq!(amounts, ["50", "-31", "31"]);
     let again = client.calls("acme", 0, 31).await;
     assert_eq!(again["duplicates"], 31);
+    // An operator reads the same balance and ledger from the typed tables with cqlsh, once
+    // the flush that covers them has landed.
+    let Ok(cqlsh) = std::env::var("REFILL_CQLSH") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "REFILL_CQLSH not set under CI (deploy/local/up cassandra records it)"
+        );
+        println!("skipped: the cqlsh check (REFILL_CQLSH not set)");
+        client.app.engine.stop();
+        return;
+    };
+    let (host, port) = cql.rsplit_once(':').expect("HOST:PORT");
+    let query = |cql_text: String| {
+        let output = std::process::Command::new(&cqlsh)
+            .args([host, port, "-e", &cql_text])
+            .output()
+            .expect("cqlsh runs");
+        assert!(
+            output.status.success(),
+            "cqlsh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ledger_text = loop {
+        let text = query(format!(
+            "SELECT seq, kind, amount, balance_after FROM {keyspace}.ledger_entries \
+             WHERE customer_id = 'acme' AND credit_type = 'api-credits';"
+        ));
+        if text.contains("(3 rows)") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let lines: Vec<Vec<&str>> = ledger_text
+        .lines()
+        .filter(|line| line.contains('|') && !line.contains("kind"))
+        .map(|line| line.split('|').map(str::trim).collect())
+        .collect();
+    let kinds_and_amounts: Vec<(&str, String)> = lines
+        .iter()
+        .map(|cells| (cells[1], plain_decimal(cells[2])))
+        .collect();
+    assert_eq!(
+        kinds_and_amounts,
+        [
+            ("grant", "50".to_owned()),
+            ("usage", "-31".to_owned()),
+            ("recharge", "31".to_owned())
+        ],
+        "ledger_entries as cqlsh prints them:\n{ledger_text}"
+    );
+    let balance_text = query(format!(
+        "SELECT balance FROM {keyspace}.balances WHERE customer_id = 'acme' AND credit_type = 'api-credits';"
+    ));
+    let balance = balance_text
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with(|c: char| c.is_ascii_digit()))
+        .map(plain_decimal);
+    assert_eq!(
+        balance.as_deref(),
+        Some("50"),
+        "balances as cqlsh prints it:\n{balance_text}"
+    );
     client.app.engine.stop();
+}
+
+/// A decimal as cqlsh prints it (`50.000000`), without trailing fractional zeros (`50`).
+fn plain_decimal(text: &str) -> String {
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text.to_owned()
+    }
 }
