@@ -113,9 +113,13 @@ impl Shard {
         self.flush_number
     }
 
-    /// True when nothing changed since the last flush (a flush now would write nothing).
+    /// True when no batch was applied since the last flush (its checkpoint is the state).
+    /// Any batch moves the clock, and may change the catalog or the dedup window, so any
+    /// batch calls for a flush; an idle shard applies none.
     pub fn is_clean(&self) -> bool {
-        self.dirty_accounts.is_empty() && self.dirty_customers.is_empty()
+        self.batch == self.flush_batch
+            && self.dirty_accounts.is_empty()
+            && self.dirty_customers.is_empty()
     }
 
     /// The earliest instant a timer (a grant's expiry, a paused account's period end) is

@@ -805,3 +805,86 @@ fn plain_decimal(text: &str) -> String {
         text.to_owned()
     }
 }
+
+/// After its flush lands, an idle server logs nothing and writes nothing: no ticks (no timer
+/// is due), no snapshots, no flush. The worked example's ledger is read back from the store
+/// (grant, rolled-up usage, recharge), the usage entry naming the log range it rolls up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_writes_nothing_after_its_flush() {
+    let client = Client::start("idle").await;
+    catalog(&client).await;
+    customer_with_auto_recharge(&client, "acme", "pm_card_visa").await;
+    client.calls("acme", 0, 31).await;
+    client
+        .credits_until("acme", |view| {
+            view["auto_recharge"]["recharges_this_period"] == 1
+        })
+        .await;
+    let engine = client.app.engine.clone();
+    let shard = engine.shard_of("acme");
+    // Wait until a flush has covered everything applied so far.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let settled = loop {
+        let applied = engine.applied_offsets();
+        let accounts = std::sync::Arc::clone(engine.accounts());
+        let checkpoints = tokio::task::spawn_blocking(move || {
+            (0..2)
+                .map(|shard| accounts.checkpoint(shard).expect("checkpoint"))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("read");
+        let covered = checkpoints
+            .iter()
+            .zip(&applied)
+            .all(|(checkpoint, applied)| {
+                *applied == 0
+                    || checkpoint
+                        .as_ref()
+                        .is_some_and(|row| row.log_next == *applied)
+            });
+        if covered {
+            break Some((applied, checkpoints));
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (applied, checkpoints) = settled.expect("a flush covers the applied log within 30 s");
+    let ledger = {
+        let accounts = std::sync::Arc::clone(engine.accounts());
+        tokio::task::spawn_blocking(move || accounts.ledger("acme", "api-credits", 0, 10))
+            .await
+            .expect("read")
+            .expect("ledger rows")
+    };
+    let kinds: Vec<(&str, i64)> = ledger
+        .iter()
+        .map(|row| (row.kind.as_str(), row.amount_micros / 1_000_000))
+        .collect();
+    assert_eq!(kinds, [("grant", 50), ("usage", -31), ("recharge", 31)]);
+    assert!(
+        ledger[1].reference.starts_with(&format!("log:{shard}:"))
+            && ledger[1].reference.contains("(31 events)"),
+        "the usage entry names its log range: {}",
+        ledger[1].reference
+    );
+    // Idle for three flush intervals: nothing more in the log, no newer checkpoint.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert_eq!(
+        engine.applied_offsets(),
+        applied,
+        "an idle server logs nothing"
+    );
+    let accounts = std::sync::Arc::clone(engine.accounts());
+    let after = tokio::task::spawn_blocking(move || {
+        (0..2)
+            .map(|shard| accounts.checkpoint(shard).expect("checkpoint"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("read");
+    assert_eq!(after, checkpoints, "an idle server flushes nothing");
+    client.app.engine.stop();
+}
