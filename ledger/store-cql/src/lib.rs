@@ -21,6 +21,7 @@
 //! The layout of keys and values is in `layout.rs`, the schema in `deploy/cql/schema.cql`;
 //! the README explains the choices.
 
+mod accounts;
 mod kv;
 mod layout;
 mod lwt;
@@ -43,6 +44,7 @@ use scylla::statement::{Consistency, SerialConsistency, Statement};
 use tokio::runtime::Runtime;
 use tokio::sync::OnceCell;
 
+pub use accounts::CqlAccountStore;
 pub use layout::{CHUNK_BYTES, INLINE_VALUE_BYTES_MAX, KEY_BYTES_MAX, TABLE_NAME_BYTES_MAX};
 pub use lwt::{CasOutcome, SpendPeriod, SpendRow};
 pub use schema::{Replication, SCHEMA_TEMPLATE, SCYLLA_KEYSPACE_OPTIONS};

@@ -6,6 +6,7 @@
 //!
 //! Each test works in keyspaces of its own, `refill_test_<pid>_<n>`, dropped at its end.
 
+mod accounts;
 mod lwt;
 mod store;
 
