@@ -143,7 +143,7 @@ mod tests {
     fn template_renders_every_table() {
         let statements =
             statements("refill", &Replication::default(), "").expect("the template renders");
-        assert_eq!(statements.len(), 6, "{statements:#?}");
+        assert_eq!(statements.len(), 14, "{statements:#?}");
         assert!(statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS refill"));
         assert!(statements[0].contains("'SimpleStrategy', 'replication_factor': 1}"));
         for table in [
@@ -152,6 +152,14 @@ mod tests {
             "kv_chunks",
             "recharge_commands",
             "spend_periods",
+            "balances",
+            "ledger_entries",
+            "recharge_attempts",
+            "account_state",
+            "customer_state",
+            "dedup_chunks",
+            "dedup_generations",
+            "checkpoints",
         ] {
             let head = format!("CREATE TABLE IF NOT EXISTS refill.{table} (");
             assert!(
