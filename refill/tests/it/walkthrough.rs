@@ -888,3 +888,120 @@ async fn an_idle_server_writes_nothing_after_its_flush() {
     assert_eq!(after, checkpoints, "an idle server flushes nothing");
     client.app.engine.stop();
 }
+
+/// A worker that does not own a customer answers its credits, ledger and recharges from the
+/// store's rows (with their `as_of`) instead of `503 not_owner`; its writes still refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_accounts_another_worker_owns_come_from_the_store() {
+    use std::sync::Arc;
+    let data = TempDir::new("not-owner");
+    let embedded =
+        Arc::new(refill_store::embedded::Embedded::open(&data.0.join("db"), 2).expect("embedded"));
+    let accounts: Arc<dyn refill_store::AccountStore> =
+        Arc::new(refill_store::KvAccountStore::new(Arc::clone(&embedded)));
+    let config = refill_ingest::engine::EngineConfig {
+        flush_interval_ms: 100,
+        ..refill_ingest::engine::EngineConfig::default()
+    };
+    let app = refill::app::start_with(
+        embedded.clone(),
+        embedded.clone(),
+        Arc::clone(&accounts),
+        2,
+        KEY.into(),
+        None,
+        config,
+    )
+    .await
+    .expect("owner starts");
+    let owner = Client { app, _data: data };
+    catalog(&owner).await;
+    customer_with_auto_recharge(&owner, "acme", "pm_card_visa").await;
+    owner.calls("acme", 0, 31).await;
+    owner
+        .credits_until("acme", |view| {
+            view["auto_recharge"]["recharges_this_period"] == 1
+        })
+        .await;
+    // A second worker over the same store that owns no shard.
+    let (commands, _receiver) = tokio::sync::mpsc::unbounded_channel();
+    let other = refill_ingest::engine::Engine::create(
+        embedded.clone(),
+        embedded.clone(),
+        accounts,
+        refill_ingest::engine::EngineConfig {
+            shards: 2,
+            ..config
+        },
+        commands,
+    );
+    let router = refill_ingest::http::Api::new(
+        other,
+        KEY.into(),
+        Arc::new(refill::app::GatewayCharger(Arc::new(
+            refill_recharger::SandboxGateway::new(),
+        ))),
+        refill_ingest::http::ApiLimits::default(),
+        None,
+        None,
+    )
+    .router();
+    let get = |path: &'static str| {
+        let router = router.clone();
+        async move {
+            let response = router
+                .oneshot(
+                    Request::builder()
+                        .uri(path)
+                        .header("authorization", format!("Bearer {KEY}"))
+                        .body(Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("answer");
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    // The owner's flush lands within a few intervals.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let credits = loop {
+        let (status, view) = get("/v1/customers/acme/credits").await;
+        if status == StatusCode::OK && view["balance"] == "50" {
+            break view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected the flushed balance 50 from the store, found {status} {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(credits["source"], "store");
+    assert_eq!(credits["auto_recharge"]["status"], "active");
+    assert!(credits["as_of"].is_string(), "{credits}");
+    let (status, ledger) = get("/v1/customers/acme/ledger").await;
+    assert_eq!(status, StatusCode::OK, "{ledger}");
+    let amounts: Vec<&str> = ledger["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|entry| entry["amount"].as_str())
+        .collect();
+    assert_eq!(amounts, ["50", "-31", "31"]);
+    let (status, recharges) = get("/v1/customers/acme/recharges").await;
+    assert_eq!(status, StatusCode::OK, "{recharges}");
+    assert_eq!(
+        recharges["attempts"][0]["status"], "succeeded",
+        "{recharges}"
+    );
+    owner.app.engine.stop();
+}
