@@ -71,8 +71,14 @@ pub struct EngineConfig {
     pub flush_interval_ms: u64,
     /// Tries of one flush before the shard stops (crash-only).
     pub flush_attempts_max: u32,
-    /// Wait before the first retry of a flush (doubled each time, at most 5 s).
+    /// Wait before the first retry of a flush (doubled each time).
     pub flush_retry_backoff_ms: u64,
+    /// How long the store may stay unavailable (the shard keeps applying and retries its
+    /// flush) before the shard stops.
+    pub flush_outage_max_ms: u64,
+    /// Rows (entries and attempts) a shard keeps waiting for an unavailable store before
+    /// it stops applying (the log keeps accepting events meanwhile).
+    pub unflushed_rows_max: usize,
     /// A due timer (expiry, period end) is logged as a tick at most this often.
     pub tick_interval_ms: u64,
     /// Log records read per worker pass.
@@ -85,8 +91,10 @@ impl Default for EngineConfig {
             shards: 2,
             shard: ShardConfig::default(),
             flush_interval_ms: 1_000,
-            flush_attempts_max: 5,
+            flush_attempts_max: 3,
             flush_retry_backoff_ms: 100,
+            flush_outage_max_ms: 600_000,
+            unflushed_rows_max: 4_000_000,
             tick_interval_ms: 1_000,
             read_batch_max: 256,
         }

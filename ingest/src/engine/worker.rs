@@ -42,6 +42,21 @@ pub(super) struct Worker {
     /// A flush record is in the log and not applied yet: do not log another.
     flush_logged: bool,
     last_tick: Instant,
+    /// A flush the store refused (unavailable): retried until it lands; the shard keeps
+    /// applying meanwhile (bounded), and the next flush carries its rows.
+    failed: Option<FailedFlush>,
+    /// When the shard first changed after its last landed flush (the flush lag).
+    dirty_since: Option<Instant>,
+}
+
+/// A flush whose write failed, kept whole (its checkpoint included) to write again.
+struct FailedFlush {
+    flush: Flush,
+    /// When its first write failed.
+    since: Instant,
+    /// When to try again.
+    retry_at: Instant,
+    backoff: Duration,
 }
 
 impl Worker {
@@ -107,6 +122,8 @@ impl Worker {
             last_flush: Instant::now(),
             flush_logged: false,
             last_tick: Instant::now(),
+            failed: None,
+            dirty_since: None,
             engine,
             shard,
         };
@@ -166,7 +183,14 @@ impl Worker {
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             };
-            let result = result.and_then(|()| self.log_timers(flush_interval, tick_interval));
+            let result = result
+                .and_then(|()| self.retry_failed_flush())
+                .and_then(|()| self.log_timers(flush_interval, tick_interval));
+            let lag = self
+                .dirty_since
+                .map_or(0.0, |since| since.elapsed().as_secs_f64());
+            metrics::gauge!("refill_store_flush_lag_seconds", "shard" => self.shard_index.to_string())
+                .set(lag);
             if let Err(error) = result {
                 self.fail(&error);
                 return;
@@ -195,7 +219,8 @@ impl Worker {
     ) -> Result<(), EngineError> {
         let dirty = !self.shard.is_clean()
             || !self.unflushed_entries.is_empty()
-            || !self.unflushed_attempts.is_empty();
+            || !self.unflushed_attempts.is_empty()
+            || self.failed.is_some();
         if dirty && !self.flush_logged && self.last_flush.elapsed() >= flush_interval {
             self.append_own(Input::Flush)?;
             self.flush_logged = true;
@@ -242,6 +267,15 @@ impl Worker {
     /// Applies the records available now; returns how many.
     fn apply_available(&mut self) -> Result<usize, EngineError> {
         let inner = Arc::clone(&self.engine.inner);
+        if self.failed.is_some()
+            && self.unflushed_entries.len() + self.unflushed_attempts.len()
+                >= inner.config.unflushed_rows_max
+        {
+            // The store is down and the rows waiting for it reached their bound: stop
+            // applying (the log keeps accepting) until the failed flush lands.
+            metrics::counter!("refill_store_flush_backpressure_total").increment(1);
+            return Ok(0);
+        }
         let records = inner.log.read(
             self.shard_index,
             self.next_offset,
@@ -278,6 +312,9 @@ impl Worker {
             metrics::histogram!("refill_ingest_apply_seconds")
                 .record(started.elapsed().as_secs_f64());
             self.count_effects();
+            if self.dirty_since.is_none() {
+                self.dirty_since = Some(Instant::now());
+            }
             let changed = std::mem::take(&mut self.effects.changed);
             self.publish_balances(&changed);
             self.effects.changed = changed;
@@ -349,48 +386,117 @@ impl Worker {
         }
     }
 
-    /// Writes the rows of a flush the shard just closed, checkpoint last, retrying a failed
-    /// write (every row is idempotent) a bounded number of times.
+    /// Writes the rows of a flush the shard just closed, checkpoint last (with the rows of
+    /// an earlier flush that did not land, where this one does not supersede them). A
+    /// failed write is retried a few times at once; if the store stays unavailable the
+    /// flush is kept and retried while the shard goes on applying (bounded), and only an
+    /// outage past `flush_outage_max_ms`, or an error no retry can cure, stops the shard.
     fn write_flush(&mut self, set: &FlushSet, log_next: u64) -> Result<(), EngineError> {
+        let mut flush = self.flush_rows(set, log_next);
+        if let Some(failed) = self.failed.take() {
+            carry_over(&mut flush, failed.flush);
+        }
+        self.flush_logged = false;
+        self.last_flush = Instant::now();
+        self.try_write(flush, None)
+    }
+
+    /// Writes `flush` with a few quick retries; on a transient failure keeps it as the
+    /// failed flush (first failed at `since`, or now).
+    fn try_write(&mut self, flush: Flush, since: Option<Instant>) -> Result<(), EngineError> {
         let started = Instant::now();
-        let flush = self.flush_rows(set, log_next);
         let config = self.engine.inner.config;
         let mut backoff = Duration::from_millis(config.flush_retry_backoff_ms);
         let mut attempt = 1;
-        loop {
+        let error = loop {
             match self.engine.inner.accounts.flush(&flush) {
-                Ok(()) => break,
-                Err(error) if attempt < config.flush_attempts_max => {
+                Ok(()) => {
+                    self.landed(&flush, started);
+                    return Ok(());
+                }
+                Err(error @ refill_store::StoreError::Backend(_))
+                    if attempt < config.flush_attempts_max =>
+                {
                     eprintln!(
-                        "shard {}: flush {} failed (attempt {attempt} of {}), retrying: {error}",
-                        self.shard_index, set.number, config.flush_attempts_max
+                        "shard {}: flush failed (attempt {attempt} of {}), retrying: {error}",
+                        self.shard_index, config.flush_attempts_max
                     );
                     metrics::counter!("refill_store_flush_retries_total").increment(1);
                     std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     attempt += 1;
                 }
-                Err(error) => return Err(error.into()),
+                Err(error) => break error,
             }
+        };
+        let since = since.unwrap_or(started);
+        let transient = matches!(error, refill_store::StoreError::Backend(_));
+        if !transient || since.elapsed() >= Duration::from_millis(config.flush_outage_max_ms) {
+            return Err(error.into());
         }
-        // The slots written now hold the newest states.
+        eprintln!(
+            "shard {}: store unavailable, flush kept for later ({} s so far): {error}",
+            self.shard_index,
+            since.elapsed().as_secs()
+        );
+        metrics::counter!("refill_store_flush_failures_total").increment(1);
+        self.failed = Some(FailedFlush {
+            flush,
+            since,
+            retry_at: Instant::now() + backoff,
+            backoff: (backoff * 2).min(Duration::from_secs(5)),
+        });
+        Ok(())
+    }
+
+    /// Writes the failed flush again once its backoff has passed.
+    fn retry_failed_flush(&mut self) -> Result<(), EngineError> {
+        let due = self
+            .failed
+            .as_ref()
+            .is_some_and(|failed| Instant::now() >= failed.retry_at);
+        if !due {
+            return Ok(());
+        }
+        let failed = self.failed.take().expect("checked above");
+        let (since, backoff) = (failed.since, failed.backoff);
+        self.try_write(failed.flush, Some(since))?;
+        if let Some(kept) = &mut self.failed {
+            kept.backoff = backoff.max(kept.backoff);
+        }
+        Ok(())
+    }
+
+    /// Bookkeeping once a flush is durable: the slots it wrote hold the newest states, and
+    /// what it covered is no longer waiting.
+    fn landed(&mut self, flush: &Flush, started: Instant) {
         for row in &flush.accounts {
             self.account_slots[row.handle as usize] = row.slot;
         }
         for row in &flush.customers {
             self.customer_slots[row.index as usize] = row.slot;
         }
-        self.unflushed_entries.clear();
-        self.unflushed_attempts.clear();
-        self.last_flush = Instant::now();
-        self.flush_logged = false;
+        let covered_through = flush
+            .checkpoint
+            .as_ref()
+            .map_or(0, |checkpoint| checkpoint.version);
+        // Entries and attempts after the landed flush's record stay for the next one.
+        let entries_covered = flush.entries.len().min(self.unflushed_entries.len());
+        self.unflushed_entries.drain(..entries_covered);
+        let attempts_covered = flush.attempts.len().min(self.unflushed_attempts.len());
+        self.unflushed_attempts.drain(..attempts_covered);
+        self.dirty_since = if self.shard.flush_number() == covered_through && self.shard.is_clean()
+        {
+            None
+        } else {
+            // Changes after the landed flush wait at most since it started.
+            Some(started)
+        };
         metrics::histogram!("refill_store_flush_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("refill_store_flush_accounts_total").increment(set.accounts.len() as u64);
-        metrics::gauge!("refill_store_flush_lag_seconds", "shard" => self.shard_index.to_string())
-            .set(0.0);
+        metrics::counter!("refill_store_flush_accounts_total")
+            .increment(flush.accounts.len() as u64);
         metrics::gauge!("refill_ingest_accounts", "shard" => self.shard_index.to_string())
             .set(self.shard.account_count() as f64);
-        Ok(())
     }
 
     /// The rows of a flush: the dirty accounts' balances and states, the changed customers,
@@ -483,4 +589,38 @@ fn notification_kind(kind: &refill_ledger::effects::NotificationKind) -> &'stati
         NotificationKind::AutoRechargeResumed => "auto_recharge_resumed",
         NotificationKind::SpendLimitWarning { .. } => "spend_limit_warning",
     }
+}
+
+/// Adds to `flush` the rows of an earlier flush that did not land and that it does not
+/// supersede: states of accounts and customers it does not write again (their state has
+/// not changed since), balances likewise, and the earlier dedup chunks. Entries and
+/// attempts need no carrying: they wait in the worker until a flush lands.
+fn carry_over(flush: &mut Flush, earlier: Flush) {
+    use std::collections::HashSet;
+    let accounts: HashSet<u32> = flush.accounts.iter().map(|row| row.handle).collect();
+    let customers: HashSet<u32> = flush.customers.iter().map(|row| row.index).collect();
+    let balances: HashSet<(String, String)> = flush
+        .balances
+        .iter()
+        .map(|row| (row.customer_id.clone(), row.credit_type.clone()))
+        .collect();
+    flush.accounts.extend(
+        earlier
+            .accounts
+            .into_iter()
+            .filter(|row| !accounts.contains(&row.handle)),
+    );
+    flush.customers.extend(
+        earlier
+            .customers
+            .into_iter()
+            .filter(|row| !customers.contains(&row.index)),
+    );
+    flush.balances.extend(
+        earlier
+            .balances
+            .into_iter()
+            .filter(|row| !balances.contains(&(row.customer_id.clone(), row.credit_type.clone()))),
+    );
+    flush.dedup.extend(earlier.dedup);
 }

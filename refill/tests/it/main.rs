@@ -5,4 +5,5 @@
 mod ingest_kafka;
 mod kill9;
 mod recharger_kill;
+mod store_outage;
 mod walkthrough;
