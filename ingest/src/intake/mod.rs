@@ -171,6 +171,9 @@ struct Slot {
     marks: SourceMarks,
     inputs: Vec<Input>,
     dead: Vec<(OwnedMessage, String)>,
+    /// Valid events a producer put on this partition for a customer another partition owns:
+    /// (record, owner's partition), sent there before the batch moves past them.
+    reroute: Vec<(OwnedMessage, u32)>,
     oldest: Option<Instant>,
     /// Whether the batch read usage (then the group offset moves to `marks.usage_next`).
     read_usage: bool,
@@ -178,7 +181,10 @@ struct Slot {
 
 impl Slot {
     fn is_empty(&self) -> bool {
-        self.inputs.is_empty() && self.dead.is_empty() && self.oldest.is_none()
+        self.inputs.is_empty()
+            && self.dead.is_empty()
+            && self.reroute.is_empty()
+            && self.oldest.is_none()
     }
 }
 
@@ -434,6 +440,12 @@ impl Pump {
         slot.oldest.get_or_insert_with(Instant::now);
         match usage_from_record(message.key(), message.payload(), partition, self.partitions) {
             Ok(event) => slot.inputs.push(Input::Usage(event)),
+            Err(Rejected {
+                owner: Some(owner), ..
+            }) => {
+                metrics::counter!("refill_ingest_rerouted_total").increment(1);
+                slot.reroute.push((message, owner));
+            }
             Err(rejected) => {
                 metrics::counter!("refill_ingest_events_rejected_total", "reason" => rejected.code)
                     .increment(1);
@@ -445,6 +457,13 @@ impl Pump {
     /// Dead letters first, then the journal batch, then the group commit: each step only
     /// once the one before it is durable.
     fn append(&self, partition: u32, batch: Slot) -> Result<(), IntakeError> {
+        for (message, owner) in &batch.reroute {
+            // Once durable on the owner's partition, the owner applies it (deduplicating by
+            // event id if a crash makes this send happen twice).
+            self.dead_letters
+                .reroute_message(message, &self.config.topics.usage, *owner)
+                .map_err(|error| IntakeError::Kafka(error.to_string()))?;
+        }
         for (message, reason) in &batch.dead {
             self.dead_letters
                 .send_message_to_dlq(message, reason)

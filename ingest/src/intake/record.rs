@@ -15,6 +15,9 @@ pub struct Rejected {
     pub code: &'static str,
     /// What was expected and what was found.
     pub message: String,
+    /// For a valid event on another partition than its owner's: the owner's partition,
+    /// where the intake re-routes it.
+    pub owner: Option<u32>,
 }
 
 impl Rejected {
@@ -22,7 +25,13 @@ impl Rejected {
         Self {
             code,
             message: message.into(),
+            owner: None,
         }
+    }
+
+    fn owned_by(mut self, partition: u32) -> Self {
+        self.owner = Some(partition);
+        self
     }
 
     /// The text of the dead letter's reason header.
@@ -86,17 +95,22 @@ pub fn usage_from_record(
     }
     let expected = kafka_partition_of(customer.as_bytes(), partitions);
     if expected != partition {
+        // Not a bad record: the producer's partitioner is not Kafka's (kcat, librdkafka's
+        // default CRC32). The intake sends it on to its owner's partition.
         return Err(Rejected::new(
-            "wrong_partition",
+            WRONG_PARTITION,
             format!(
                 "expected customer {customer:?} on partition {expected} of {partitions} (Kafka's \
-                 default murmur2 partitioner on the key), found it on partition {partition}: \
-                 produce with the default partitioner (librdkafka: murmur2_random)"
+                 default murmur2 partitioner on the key), found it on partition {partition}"
             ),
-        ));
+        )
+        .owned_by(expected));
     }
     Ok(event)
 }
+
+/// The code of a record on another partition than its customer's owner.
+pub const WRONG_PARTITION: &str = "wrong_partition";
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,9 @@ pub const HEADER_SOURCE_TOPIC: &str = "refill-source-topic";
 pub const HEADER_SOURCE_PARTITION: &str = "refill-source-partition";
 /// Header with its offset there (decimal text).
 pub const HEADER_SOURCE_OFFSET: &str = "refill-source-offset";
+/// Header of a record the intake re-routed to its owner's partition: where it was read
+/// (`topic/partition@offset`).
+pub const HEADER_REROUTED_FROM: &str = "refill-rerouted-from";
 
 /// Largest dead letter the producer takes (`message.max.bytes`); the DLQ topic must take
 /// at least what its source topic takes.
@@ -186,6 +189,55 @@ impl DeadLetters {
             partition: delivered.partition,
             offset: delivered.first,
         })
+    }
+
+    /// Sends a copy of a consumed record to `partition` of `topic` (a usage record that a
+    /// producer's partitioner put on another partition than its customer's owner), with
+    /// its key, value and headers and [`HEADER_REROUTED_FROM`]; returns once it is on the
+    /// in-sync replicas. The intake's side writes (dead letters and re-routes) share this
+    /// one producer: each is durable before the batch that moves past its source.
+    pub fn reroute_message<M: Message>(
+        &self,
+        message: &M,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(), StoreError> {
+        let original = DeadLetter::of(message);
+        let source = DlqSource::of(message);
+        let mut headers = OwnedHeaders::new_with_capacity(original.headers.len() + 1);
+        for (key, value) in &original.headers {
+            headers = headers.insert(Header { key, value: *value });
+        }
+        let from = format!("{}/{}@{}", source.topic, source.partition, source.offset);
+        headers = headers.insert(Header {
+            key: HEADER_REROUTED_FROM,
+            value: Some(from.as_bytes()),
+        });
+        let target = i32::try_from(partition).map_err(|_| {
+            StoreError::InvalidRequest(format!(
+                "expected a partition below 2^31, found {partition}"
+            ))
+        })?;
+        let pending = Arc::new(Pending::default());
+        pending.expect_one();
+        let mut record =
+            BaseRecord::<[u8], [u8], Arc<Pending>>::with_opaque_to(topic, Arc::clone(&pending))
+                .headers(headers)
+                .partition(target);
+        if let Some(key) = original.key {
+            record = record.key(key);
+        }
+        if let Some(payload) = original.payload {
+            record = record.payload(payload);
+        }
+        if let Err((error, _)) = self.producer.send(record) {
+            return Err(StoreError::Backend(format!(
+                "kafka: expected the re-route of {from} to {topic}/{partition} taken by the \
+                 producer, found: {error}"
+            )));
+        }
+        pending.wait(&format!("re-routing {from} to {topic}/{partition}"))?;
+        Ok(())
     }
 
     /// [`DeadLetters::send_to_dlq`] for a consumed message: original and source from it.
