@@ -35,12 +35,49 @@ const SCAN_PAGE: usize = 4096;
 /// The account-state tables over the key-value store `S`.
 pub struct KvAccountStore<S> {
     store: S,
+    /// Per shard, the dedup generation below which chunks are known to be gone: a flush
+    /// looks for chunks to drop only when its checkpoint raises the live minimum above it,
+    /// so a flush never reads the live chunks (megabytes each) it is not dropping.
+    dropped_below: std::sync::Mutex<std::collections::HashMap<u32, u64>>,
 }
 
 impl<S: Store> KvAccountStore<S> {
     /// The tables over `store`.
     pub fn new(store: S) -> Self {
-        Self { store }
+        Self {
+            store,
+            dropped_below: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Keys of the dedup chunks of `shard` in generations below `generation_min`, read a
+    /// page at a time from the oldest and no further than the first live one.
+    fn stale_dedup_keys(
+        &self,
+        shard: u32,
+        generation_min: u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = shard.to_be_bytes();
+        let live_from = dedup_key(shard, generation_min, 0);
+        let mut stale = Vec::new();
+        let mut start = prefix.to_vec();
+        loop {
+            // Small pages: the last one may end in a live chunk's value, read for nothing.
+            let page = self.store.scan(DEDUP_CHUNKS, &prefix, &start, 4)?;
+            for (key, _) in &page {
+                if key.as_slice() >= live_from.as_slice() {
+                    return Ok(stale);
+                }
+                stale.push(key.clone());
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == 4 => {
+                    start = key.clone();
+                    start.push(0);
+                }
+                _ => return Ok(stale),
+            }
+        }
     }
 
     /// The key-value store underneath.
@@ -534,18 +571,23 @@ impl<S: Store> AccountStore for KvAccountStore<S> {
             });
         }
         if let Some(checkpoint) = &flush.checkpoint {
-            // Chunks of generations the window forgot: the keys below the first live one.
+            // Chunks of generations the window forgot: the keys below the first live one,
+            // looked for only when the live minimum moved past what was dropped before.
             let shard = checkpoint.shard;
-            let live_from = dedup_key(shard, checkpoint.dedup_generation_min, 0);
-            self.scan_all(DEDUP_CHUNKS, &shard.to_be_bytes(), |key, _| {
-                if key < live_from.as_slice() {
+            let known = self
+                .dropped_below
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&shard)
+                .copied();
+            if known.is_none_or(|below| checkpoint.dedup_generation_min > below) {
+                for key in self.stale_dedup_keys(shard, checkpoint.dedup_generation_min)? {
                     writes.push(Write::Delete {
                         table: DEDUP_CHUNKS,
-                        key: key.to_vec(),
+                        key,
                     });
                 }
-                Ok(())
-            })?;
+            }
             // One write batch is atomic on the key-value store: the checkpoint lands with
             // its rows or not at all (the slots keep the CQL store, which has no such
             // batch, just as safe).
@@ -555,7 +597,14 @@ impl<S: Store> AccountStore for KvAccountStore<S> {
                 value: encode_checkpoint(checkpoint),
             });
         }
-        self.store.write(writes)
+        self.store.write(writes)?;
+        if let Some(checkpoint) = &flush.checkpoint {
+            self.dropped_below
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(checkpoint.shard, checkpoint.dedup_generation_min);
+        }
+        Ok(())
     }
 
     fn load_shard(&self, shard: u32) -> Result<ShardRows, StoreError> {
