@@ -546,7 +546,7 @@ pub(crate) async fn resolve_credit_type(
             })
             .await?
     } else {
-        store_balances(&api, customer)
+        store_balances(api, customer)
             .await?
             .first()
             .map(|row| row.credit_type.clone())

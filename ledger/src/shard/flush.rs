@@ -74,7 +74,7 @@ pub fn encode_fingerprints(keys: &[u128]) -> Vec<u8> {
 }
 
 fn decode_fingerprints(generation: u64, bytes: &[u8]) -> Result<Vec<u128>, SnapshotError> {
-    if bytes.len() % 16 != 0 {
+    if !bytes.len().is_multiple_of(16) {
         return Err(SnapshotError::Inconsistent(format!(
             "dedup chunk of generation {generation}: expected a multiple of 16 bytes, found {}",
             bytes.len()

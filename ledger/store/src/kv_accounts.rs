@@ -452,6 +452,9 @@ fn decode_checkpoint(shard: u32, key: &[u8], value: &[u8]) -> Result<CheckpointR
     Ok(row)
 }
 
+/// The two slots of one index: (version, state) of each, if written.
+type Slots = [Option<(u64, Vec<u8>)>; 2];
+
 /// Collects slot rows `shard ‖ index ‖ slot → version ‖ [customer id] ‖ state` into one
 /// state per index, as a restore at checkpoint `version` needs it.
 fn load_slots(
@@ -462,8 +465,7 @@ fn load_slots(
     version: u64,
     with_id: bool,
 ) -> Result<Vec<(u8, Vec<u8>)>, StoreError> {
-    let mut candidates: Vec<[Option<(u64, Vec<u8>)>; 2]> =
-        (0..count).map(|_| [None, None]).collect();
+    let mut candidates: Vec<Slots> = (0..count).map(|_| [None, None]).collect();
     store.scan_all(table, &shard.to_be_bytes(), |key, value| {
         let bad_key = || {
             StoreError::Corrupt(format!(
