@@ -10,8 +10,11 @@
 //! [`Engine::release`] as partitions come and go); writes to a shard it does not own are
 //! refused with [`EngineError::NotOwner`].
 
+mod balances;
 mod partition;
 mod worker;
+
+pub use balances::Balances;
 
 pub use partition::kafka_partition_of;
 
@@ -168,7 +171,8 @@ struct ShardLane {
     failure: Mutex<Option<String>>,
 }
 
-/// Balances readable without locks by API threads; updated by the owning worker.
+/// The balance table the engine kept before [`Balances`] (two heap strings and an `Arc`
+/// per account); kept for the benchmarks that compare the two.
 pub type BalanceTable = DashMap<(String, String), Arc<std::sync::atomic::AtomicI64>>;
 
 /// A handle to the running engine; cheap to clone.
@@ -183,7 +187,7 @@ struct Inner {
     accounts: Arc<dyn AccountStore>,
     config: EngineConfig,
     lanes: Vec<ShardLane>,
-    balances: BalanceTable,
+    balances: Balances,
     commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
 }
 
@@ -246,7 +250,7 @@ impl Engine {
                 accounts,
                 config,
                 lanes,
-                balances: DashMap::new(),
+                balances: Balances::new(),
                 commands,
             }),
         }
@@ -297,9 +301,7 @@ impl Engine {
         lane.owned.store(false, Ordering::Release);
         let _ = lane.wake.send(Wake::Stop);
         let _ = handle.join();
-        self.inner
-            .balances
-            .retain(|(customer, _), _| self.shard_of(customer) != shard);
+        self.inner.balances.release_shard(shard);
         metrics::gauge!("refill_ingest_shards_owned").decrement(1.0);
         Ok(())
     }
@@ -501,10 +503,7 @@ impl Engine {
 
     /// The balance of (customer, credit type) from the lock-free table.
     pub fn balance(&self, customer: &str, credit_type: &str) -> Option<Credits> {
-        self.inner
-            .balances
-            .get(&(customer.to_owned(), credit_type.to_owned()))
-            .map(|cell| Credits::from_micros(cell.load(Ordering::Acquire)))
+        self.inner.balances.get(customer, credit_type)
     }
 
     /// The store, for the read side.

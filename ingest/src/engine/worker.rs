@@ -370,19 +370,12 @@ impl Worker {
         let shard = &self.shard;
         let balances = &self.engine.inner.balances;
         for &handle in handles {
-            let micros = shard.account(handle).balance().micros();
-            let key = (
-                shard.customer_of(handle).id.to_string(),
-                shard.credit_type_of(handle).to_string(),
+            balances.set(
+                shard.customer_of(handle).id.as_str(),
+                shard.credit_type_of(handle).as_str(),
+                self.shard_index,
+                shard.account(handle).balance(),
             );
-            match balances.get(&key) {
-                // Release pairs with the readers' Acquire: a reader sees a balance no older
-                // than the batch that wrote it.
-                Some(cell) => cell.store(micros, Ordering::Release),
-                None => {
-                    balances.insert(key, Arc::new(std::sync::atomic::AtomicI64::new(micros)));
-                }
-            }
         }
     }
 
