@@ -1,4 +1,4 @@
-//! What the engine scenarios (`ingest`, `latency`, `restart`) share: the engine started as
+//! What the engine scenarios (`ingest`, `latency`, `restart`, `flush`) share: the engine started as
 //! `refill serve` starts it (`refill::app::start` on the embedded default, a multi-thread
 //! tokio runtime, the Prometheus recorder, the HTTP API on a loopback port), a keep-alive
 //! HTTP client, and a fast way to create many accounts (batches appended to the engine's
@@ -10,16 +10,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use axum::body::Bytes;
-use refill_ingest::engine::Engine;
+use refill_ingest::engine::{Engine, EngineConfig};
 use refill_ledger::Input;
 use refill_ledger::grant::GrantKind;
 use refill_ledger::testkit;
+use refill_store::AccountStore;
+use refill_store::embedded::Embedded;
 use serde_json::Value;
 
 /// The API key of every engine the benchmarks start.
@@ -103,6 +105,11 @@ fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .clone()
 }
 
+/// The engine's metrics as Prometheus text, when this process's recorder is the benchmarks'.
+pub fn metrics_text() -> Option<String> {
+    metrics_handle().map(|handle| handle.render())
+}
+
 /// The multi-thread runtime `refill serve` uses (one worker per core), its threads named
 /// `name` so the CPU accounting can tell them apart.
 pub fn server_runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -129,16 +136,45 @@ pub struct Server {
 impl Server {
     /// Starts everything on the data folder `data`, as `refill serve --data data` does.
     pub fn start(data: &Path, shards: u32) -> anyhow::Result<Self> {
+        Self::launch(|metrics| refill::app::start(data, shards, API_KEY.to_owned(), metrics))
+    }
+
+    /// Like [`Server::start`], with the account store `accounts` makes over the embedded
+    /// store (e.g. one that meters its writes) and the engine settings `config`, through
+    /// `refill::app::start_with` as `refill::app::start` calls it.
+    pub fn start_with(
+        data: &Path,
+        shards: u32,
+        config: EngineConfig,
+        accounts: impl FnOnce(Arc<Embedded>) -> Arc<dyn AccountStore>,
+    ) -> anyhow::Result<Self> {
+        let embedded =
+            Arc::new(Embedded::open(&data.join("db"), shards).with_context(|| {
+                format!("cannot open the embedded store in {}", data.display())
+            })?);
+        let accounts = accounts(Arc::clone(&embedded));
+        Self::launch(move |metrics| {
+            refill::app::start_with(
+                embedded.clone(),
+                embedded,
+                accounts,
+                shards,
+                API_KEY.to_owned(),
+                metrics,
+                config,
+            )
+        })
+    }
+
+    /// Runs `start` (one of `refill::app`'s) on a new server runtime, then serves its router.
+    fn launch<F: Future<Output = anyhow::Result<refill::app::App>>>(
+        start: impl FnOnce(Option<metrics_exporter_prometheus::PrometheusHandle>) -> F,
+    ) -> anyhow::Result<Self> {
         let runtime = server_runtime("http-server")?;
         let metrics = metrics_handle();
         let started = Instant::now();
         let app = runtime
-            .block_on(refill::app::start(
-                data,
-                shards,
-                API_KEY.to_owned(),
-                metrics,
-            ))
+            .block_on(start(metrics))
             .context("refill::app::start failed")?;
         let start_elapsed = started.elapsed();
         let listener = runtime
@@ -191,7 +227,8 @@ impl Server {
     }
 
     /// Stops as `refill serve` does on SIGTERM: the HTTP server first, then the workers
-    /// apply what is logged and write their snapshots; returns how long that drain took.
+    /// apply what is logged and write a last flush of what changed; returns how long that
+    /// drain took.
     /// Everything (runtime, engine, database) is closed when this returns.
     pub fn stop(mut self) -> anyhow::Result<Duration> {
         self.close()
@@ -403,6 +440,35 @@ pub fn create_accounts(
         before + names.len()
     );
     Ok(started.elapsed())
+}
+
+/// Waits until the shards' checkpoints hold `accounts` accounts in all (every account
+/// created so far flushed at least once), at most `deadline`; returns how long it took.
+pub fn wait_flushed(
+    engine: &Engine,
+    accounts: u64,
+    deadline: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let mut flushed = 0_u64;
+        for shard in 0..engine.shards() {
+            flushed += engine
+                .accounts()
+                .checkpoint(shard)
+                .with_context(|| format!("reading the checkpoint of shard {shard}"))?
+                .map_or(0, |checkpoint| u64::from(checkpoint.accounts));
+        }
+        if flushed >= accounts {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < deadline,
+            "only {flushed} of {accounts} accounts flushed after {deadline:?} (failures {:?})",
+            engine.failures()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Value at quantile `q` (0..=1) of ascending `sorted` (nearest rank); 0 when empty.

@@ -9,10 +9,13 @@
 //! `EventBody` and `into_domain`, routed by shard), postcard encoding of the log records,
 //! the embedded log's appends of those same records from as many threads as there were
 //! clients, their decoding, `Shard::apply_into` of shard 0's batches on a fresh shard
-//! with shard 0's accounts, what the worker does after each batch (the store rows and the
-//! balance table, as `collect_rows`) and the durable store write of those rows, and the
-//! HTTP transport alone (the same client and bodies against a server that only reads the
-//! body). The CPU of the end-to-end run is split by thread.
+//! with shard 0's accounts (with an `Input::Flush` as often as the engine logged one during
+//! the end-to-end run, usage rolled up per account per flush), what the worker does besides
+//! (the balance table after each batch, and at each flush the rows of what changed, as its
+//! `flush_rows` builds them) and the account store's write of those flushes
+//! (`KvAccountStore::flush` over a fresh embedded store), and the HTTP transport alone (the
+//! same client and bodies against a server that only reads the body). The CPU of the
+//! end-to-end run is split by thread.
 
 // Rates, ratios and latencies for the report are floats; balances stay integer micros.
 #![allow(clippy::float_arithmetic)]
@@ -26,15 +29,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, ensure};
 use axum::body::Bytes;
-use refill_ingest::engine::{BalanceTable, LogBatch, now};
+use refill_ingest::engine::{BalanceTable, EngineConfig, LogBatch, now};
 use refill_ingest::http::ApiLimits;
-use refill_ingest::rows::{self, EntryRow};
+use refill_ingest::rows::{self, BatchOffsets};
 use refill_ingest::wire;
 use refill_ledger::amount::MICROS_PER_UNIT;
-use refill_ledger::effects::LedgerEntry;
-use refill_ledger::{AccountHandle, Effects, Input, Shard, ShardConfig, testkit};
+use refill_ledger::effects::{FlushSet, LedgerEntry};
+use refill_ledger::shard::encode_fingerprints;
+use refill_ledger::{Effects, Input, Shard, ShardConfig, testkit};
 use refill_store::embedded::Embedded;
-use refill_store::{Log as _, Store as _, Write};
+use refill_store::{
+    AccountStateRow, AccountStore as _, CheckpointRow, CustomerStateRow, DedupChunkRow, Flush,
+    KvAccountStore, Log as _,
+};
 use serde_json::{Value, json};
 
 use crate::cpu;
@@ -357,16 +364,24 @@ pub struct IngestReport {
     pub apply: Stage,
     /// Accounts of that shard.
     pub apply_accounts: usize,
-    /// Building the store rows and updating the balance table after each of those
-    /// batches, as the worker does (`collect_rows`), one thread.
+    /// Updating the balance table after each of those batches and building the rows of each
+    /// flush, as the worker does (`publish_balances`, `flush_rows`), one thread.
     pub rows: Stage,
-    /// Rows written (ledger entries: usage rolled up per account per batch).
+    /// Rows of those flushes (balances, account states, rolled-up entries, dedup chunks,
+    /// checkpoints).
     pub row_count: u64,
-    /// Writing those rows to a fresh embedded store, one durable write per batch.
+    /// End of the setup → its flush landed (every account in a checkpoint), before the clock.
+    pub setup_flush: Duration,
+    /// Sync POSTs of the tail the API answered 503 (applied later than it waits); the run
+    /// then waited on the shards themselves.
+    pub tail_timeouts: u32,
+    /// Flushes in the stages (as many as the engine logged per shard end to end).
+    pub flushes: u64,
+    /// Writing those flushes to a fresh embedded store (`KvAccountStore::flush`, durable).
     pub store_write: Stage,
     /// The same POSTs against a server that only reads the body.
     pub http_null: Stage,
-    /// Draining and snapshotting the engine at the end (not timed in the figure).
+    /// Draining the engine and its last flush at the end (not timed in the figure).
     pub stop: Duration,
 }
 
@@ -525,20 +540,21 @@ impl IngestReport {
                 ),
             )
             .row(
-                "stage: rows + balance table",
+                "stage: balance table + flush rows",
                 rate(&self.rows),
                 &format!(
-                    "one thread, as the worker's collect_rows; {} rows ({:.2} per event); {}",
+                    "one thread, as the worker; {} flushes, {} rows ({:.3} per event); {}",
+                    self.flushes,
                     thousands(self.row_count),
                     self.row_count as f64 / self.apply.events.max(1) as f64,
                     ns(&self.rows)
                 ),
             )
             .row(
-                "stage: store write of the rows",
+                "stage: account store write",
                 rate(&self.store_write),
                 &format!(
-                    "fresh embedded store, one durable write per batch; {}",
+                    "KvAccountStore::flush on a fresh embedded store, one per flush; {}",
                     ns(&self.store_write)
                 ),
             )
@@ -573,13 +589,23 @@ impl IngestReport {
                 "",
             )
             .row(
+                "sync tail answered 503",
+                self.tail_timeouts.to_string(),
+                "applied later than the API's 5 s wait; the clock then waited on the shards",
+            )
+            .row(
+                "setup's flush (untimed)",
+                format!("{:.1} s", self.setup_flush.as_secs_f64()),
+                "every account in a checkpoint before the clock starts",
+            )
+            .row(
                 "setup / stop (untimed)",
                 format!(
                     "{:.1} s / {:.1} s",
                     self.setup.as_secs_f64(),
                     self.stop.as_secs_f64()
                 ),
-                "accounts through the log; drain + snapshot",
+                "accounts through the log; drain + last flush",
             );
         table
     }
@@ -612,6 +638,7 @@ impl IngestReport {
             "rows_events_per_s": self.rows.events_per_s().round() as u64,
             "store_write_events_per_s": self.store_write.events_per_s().round() as u64,
             "rows_per_event": round(self.row_count as f64 / self.apply.events.max(1) as f64, 3),
+            "flushes": self.flushes,
             "http_null_events_per_s": self.http_null.events_per_s().round() as u64,
             "cpu_bound_events_per_s": self.cpu_bound_events_per_s().round() as u64,
             "stage_cpu_ns_per_event": {
@@ -642,6 +669,8 @@ impl IngestReport {
             "body_bytes_per_event": round(self.body_bytes_per_event, 1),
             "e2e_s": round(self.e2e.as_secs_f64(), 3),
             "setup_s": round(self.setup.as_secs_f64(), 2),
+            "setup_flush_s": round(self.setup_flush.as_secs_f64(), 2),
+            "tail_sync_timeouts": self.tail_timeouts,
         })
     }
 }
@@ -687,6 +716,9 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<IngestReport> {
     let tail_names = harness::one_per_shard(&engine, &names)?;
     let workload = workload(args, &names, &tail_names);
     let events = args.events + tail_names.len() as u64;
+    // The setup's own flush (every account new) lands before the clock starts.
+    let setup_flush =
+        harness::wait_flushed(&engine, u64::from(args.accounts), Duration::from_secs(600))?;
 
     // End to end: every body, then one sync event per shard (applied after all the rest).
     let cpu_before = cpu::snapshot();
@@ -694,10 +726,21 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<IngestReport> {
     let started = Instant::now();
     let posts = post_all(&http, "/v1/events", &workload.bodies, args.clients, true)?;
     let mut accepted = posts.accepted;
+    let mut tail_timeouts = 0_u32;
     for body in &workload.tail {
         let (status, answer) = http.call("POST", "/v1/events?sync=true", Some(body.clone()))?;
+        if status == 503 && answer["error"]["code"] == "timeout" {
+            // Durable, applied later than the API waits: wait on the shards instead.
+            tail_timeouts += 1;
+            accepted += 1;
+            continue;
+        }
         ensure!(status == 202, "sync POST: {status} {answer}");
         accepted += answer["accepted"].as_u64().context("accepted")?;
+    }
+    if tail_timeouts > 0 {
+        // A read runs on the shard's worker once it applied everything durable.
+        server.account_count()?;
     }
     let e2e = started.elapsed();
     let e2e_cpu = cpu::since(&cpu_before);
@@ -786,31 +829,23 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<IngestReport> {
         .filter(|name| route.shard_of(name) == 0)
         .collect();
     let mut fresh = shard_with(&shard0_names, setup_accounts)?;
-    let (apply, (applied, effects)) = stage(shard0_events, Threads::One, || {
-        let mut fx = Effects::default();
-        let mut applied = 0_u64;
-        let mut effects = Vec::with_capacity(inputs.len());
-        for body in &inputs {
-            if !body[0].is_empty() {
-                fresh.apply_into(now(), &body[0], &mut fx);
-                applied += fx.events_applied;
-                effects.push((
-                    std::mem::take(&mut fx.entries),
-                    std::mem::take(&mut fx.changed),
-                ));
-            }
-        }
-        Ok((applied, effects))
-    })?;
-    ensure!(
-        applied == shard0_events,
-        "applied {applied} of {shard0_events} on the fresh shard"
-    );
     let apply_accounts = fresh.account_count();
-    drop(inputs);
 
-    // What the worker does after applying a record: the read side's rows and the
-    // lock-free balances (`collect_rows`), then one durable store write.
+    // Apply, then what the worker does besides, interleaved as in the worker (a flush's rows
+    // are built right after the batch that closed it) and timed apart on this thread: the
+    // balance table after every batch, the rows at every flush. The engine logged a flush
+    // per shard every `flush_interval_ms` of the end-to-end run; so do the stages.
+    let flush_interval_ms = EngineConfig::default().flush_interval_ms.max(1);
+    let flushes_wanted = u64::try_from(e2e.as_millis())
+        .unwrap_or(u64::MAX)
+        .div_ceil(flush_interval_ms)
+        .max(1);
+    let shard0_bodies: Vec<&Vec<Input>> = inputs
+        .iter()
+        .map(|body| &body[0])
+        .filter(|inputs| !inputs.is_empty())
+        .collect();
+    let flush_every = (shard0_bodies.len() as u64).div_ceil(flushes_wanted).max(1);
     let balances = BalanceTable::new();
     for (handle, account) in fresh.accounts() {
         balances.insert(
@@ -821,25 +856,57 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<IngestReport> {
             Arc::new(AtomicI64::new(account.balance().micros())),
         );
     }
-    let (rows, writes) = stage(shard0_events, Threads::One, || {
-        Ok(effects
-            .iter()
-            .zip(0_u64..)
-            .map(|((entries, changed), offset)| {
-                collect_rows(&fresh, entries, changed, offset, &balances)
-            })
-            .collect::<Vec<_>>())
-    })?;
-    let row_count: u64 = writes.iter().map(|batch| batch.len() as u64).sum();
-    drop((effects, balances, fresh));
+    let mut worker = FlushRows::new(&fresh);
+    let mut apply = Stage {
+        events: shard0_events,
+        ..Stage::default()
+    };
+    let mut rows_stage = Stage {
+        events: shard0_events,
+        ..Stage::default()
+    };
+    let mut fx = Effects::default();
+    let mut applied = 0_u64;
+    let mut flushes = Vec::new();
+    let flush_input = [Input::Flush];
+    for (index, body) in (1_u64..).zip(&shard0_bodies) {
+        let close = index % flush_every == 0 || index == shard0_bodies.len() as u64;
+        timed(&mut apply, || {
+            fresh.apply_into(now(), body, &mut fx);
+            applied += fx.events_applied;
+        });
+        timed(&mut rows_stage, || worker.batch(&fresh, &mut fx, &balances));
+        if close {
+            timed(&mut apply, || {
+                fresh.apply_into(now(), &flush_input, &mut fx)
+            });
+            timed(&mut rows_stage, || {
+                worker.batch(&fresh, &mut fx, &balances);
+                let set = fx
+                    .flush
+                    .take()
+                    .expect("a batch with Input::Flush closes a flush");
+                flushes.push(worker.flush(&fresh, &set));
+            });
+        }
+    }
+    ensure!(
+        applied == shard0_events,
+        "applied {applied} of {shard0_events} on the fresh shard"
+    );
+    let rows = rows_stage;
+    let row_count: u64 = flushes.iter().map(flush_row_count).sum();
+    drop((worker, balances, fresh, inputs));
     let store_dir = TempDir::new(args.data_dir.as_deref(), "ingest-store")?;
+    let flush_count = flushes.len() as u64;
     let (store_write, ()) = stage(shard0_events, Threads::Many, || {
-        let store = Embedded::open(&store_dir.path().join("db"), 1)?;
-        for batch in writes {
-            store.write(batch)?;
+        let accounts = KvAccountStore::new(Embedded::open(&store_dir.path().join("db"), 1)?);
+        for flush in &flushes {
+            accounts.flush(flush)?;
         }
         Ok(())
     })?;
+    drop(flushes);
     drop(store_dir);
 
     let (http_null, ()) = stage(args.events, Threads::Many, || {
@@ -852,6 +919,9 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<IngestReport> {
     Ok(IngestReport {
         rows,
         row_count,
+        flushes: flush_count,
+        setup_flush,
+        tail_timeouts,
         store_write,
         args: args.clone(),
         events,
@@ -876,40 +946,146 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<IngestReport> {
     })
 }
 
-/// The worker's `collect_rows` (ingest/src/engine.rs) for the ledger entries and changed
-/// accounts of one applied batch: a store row per entry, and the balance table updated.
-fn collect_rows(
-    shard: &Shard,
-    entries: &[LedgerEntry],
-    changed: &[AccountHandle],
-    offset: u64,
-    balances: &BalanceTable,
-) -> Vec<Write> {
-    let mut writes = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let customer = shard.customer_of(entry.account).id.as_str();
-        let credit_type = shard.credit_type_of(entry.account).as_str();
-        let row = EntryRow::from_entry(entry, 0, offset);
-        writes.push(Write::Put {
-            table: rows::LEDGER,
-            key: rows::row_key(customer, credit_type, entry.seq),
-            value: postcard::to_stdvec(&row).expect("serializing to memory cannot fail"),
-        });
-    }
-    for &handle in changed {
-        let key = (
-            shard.customer_of(handle).id.to_string(),
-            shard.credit_type_of(handle).to_string(),
-        );
-        let micros = shard.account(handle).balance().micros();
-        match balances.get(&key) {
-            Some(cell) => cell.store(micros, Ordering::Release),
-            None => {
-                balances.insert(key, Arc::new(AtomicI64::new(micros)));
-            }
+/// Times `work` into `stage`: wall time and this thread's CPU.
+fn timed(stage: &mut Stage, work: impl FnOnce()) {
+    let cpu = cpu::this_thread_s();
+    let started = Instant::now();
+    work();
+    stage.elapsed += started.elapsed();
+    stage.cpu_s += cpu::this_thread_s() - cpu;
+}
+
+/// What the worker (ingest/src/engine/worker.rs) keeps between flushes to build their rows:
+/// the entries made since the last flush and, per account and customer, the slot holding
+/// its newest flushed state.
+struct FlushRows {
+    entries: Vec<LedgerEntry>,
+    account_slots: Vec<u8>,
+    customer_slots: Vec<u8>,
+    offsets: BatchOffsets,
+}
+
+impl FlushRows {
+    fn new(shard: &Shard) -> Self {
+        Self {
+            entries: Vec::new(),
+            account_slots: vec![0; shard.account_count()],
+            customer_slots: vec![0; shard.customer_count()],
+            offsets: BatchOffsets {
+                partition: 0,
+                offset_minus_batch: 0,
+            },
         }
     }
-    writes
+
+    /// After each applied batch, as the worker: the lock-free balances of the accounts it
+    /// changed (`publish_balances`), and its entries kept for the next flush.
+    fn batch(&mut self, shard: &Shard, fx: &mut Effects, balances: &BalanceTable) {
+        for &handle in &fx.changed {
+            let key = (
+                shard.customer_of(handle).id.to_string(),
+                shard.credit_type_of(handle).to_string(),
+            );
+            let micros = shard.account(handle).balance().micros();
+            match balances.get(&key) {
+                Some(cell) => cell.store(micros, Ordering::Release),
+                None => {
+                    balances.insert(key, Arc::new(AtomicI64::new(micros)));
+                }
+            }
+        }
+        self.entries.append(&mut fx.entries);
+    }
+
+    /// The rows of the flush the shard just closed, as the worker's `flush_rows`: the dirty
+    /// accounts' balances and states (in the slot not holding their newest state), the
+    /// changed customers, the entries since the last flush, the new dedup ids, the
+    /// checkpoint.
+    fn flush(&mut self, shard: &Shard, set: &FlushSet) -> Flush {
+        let as_of = shard.clock();
+        self.account_slots.resize(shard.account_count(), 0);
+        self.customer_slots.resize(shard.customer_count(), 0);
+        let balances = set
+            .accounts
+            .iter()
+            .map(|&handle| rows::balance_row(shard, handle, as_of, set.number, 0))
+            .collect();
+        let accounts: Vec<AccountStateRow> = set
+            .accounts
+            .iter()
+            .map(|&handle| AccountStateRow {
+                shard: 0,
+                handle: handle.0,
+                slot: 1 - self.account_slots[handle.0 as usize],
+                version: set.number,
+                state: shard.account_state(handle),
+            })
+            .collect();
+        let customers: Vec<CustomerStateRow> = set
+            .customers
+            .iter()
+            .map(|&index| CustomerStateRow {
+                shard: 0,
+                index,
+                slot: 1 - self.customer_slots[index as usize],
+                version: set.number,
+                customer_id: shard.customer_at(index).id.to_string(),
+                state: shard.customer_state(index),
+            })
+            .collect();
+        let entries = self
+            .entries
+            .drain(..)
+            .map(|entry| rows::entry_row(shard, &entry, self.offsets))
+            .collect();
+        let dedup = set
+            .dedup
+            .iter()
+            .map(|(generation, keys)| DedupChunkRow {
+                shard: 0,
+                generation: *generation,
+                flush: set.number,
+                fingerprints: encode_fingerprints(keys),
+            })
+            .collect();
+        for row in &accounts {
+            self.account_slots[row.handle as usize] = row.slot;
+        }
+        for row in &customers {
+            self.customer_slots[row.index as usize] = row.slot;
+        }
+        let checkpoint = CheckpointRow {
+            shard: 0,
+            version: set.number,
+            log_next: u64::try_from(self.offsets.offset_of(shard.batch()) + 1).unwrap_or(0),
+            sources: None,
+            as_of_ms: as_of.0,
+            accounts: u32::try_from(shard.account_count()).unwrap_or(u32::MAX),
+            customers: u32::try_from(shard.customer_count()).unwrap_or(u32::MAX),
+            dedup_generation_min: set.dedup_generation_min,
+            meta: shard.flush_meta(),
+        };
+        Flush {
+            balances,
+            accounts,
+            customers,
+            entries,
+            attempts: Vec::new(),
+            dedup,
+            checkpoint: Some(checkpoint),
+        }
+    }
+}
+
+/// Rows one flush writes, its checkpoint included.
+fn flush_row_count(flush: &Flush) -> u64 {
+    (flush.balances.len()
+        + flush.accounts.len()
+        + flush.customers.len()
+        + flush.entries.len()
+        + flush.attempts.len()
+        + flush.dedup.len()
+        + usize::from(flush.checkpoint.is_some())) as u64
 }
 
 /// Appends every body's records to a fresh embedded log from `threads` threads, each
@@ -951,7 +1127,8 @@ fn append_all(
     Ok(log.commits())
 }
 
-/// A shard with the example catalog and one account per name, set up as the engine's.
+/// A shard with the example catalog and one account per name, set up as the engine's, and
+/// flushed (as the engine's first flush after the setup), so the stages start clean.
 fn shard_with(names: &[&String], setup: AccountSetup) -> anyhow::Result<Shard> {
     let mut shard = Shard::new(ShardConfig::default(), now());
     let mut fx = Effects::default();
@@ -970,6 +1147,8 @@ fn shard_with(names: &[&String], setup: AccountSetup) -> anyhow::Result<Shard> {
         );
     }
     ensure!(shard.account_count() == names.len(), "setup accounts");
+    shard.apply_into(now(), &[Input::Flush], &mut fx);
+    ensure!(fx.flush.is_some(), "the setup's flush closed");
     Ok(shard)
 }
 

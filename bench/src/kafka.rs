@@ -29,6 +29,7 @@ use anyhow::{Context as _, ensure};
 use refill_ingest::engine::{Engine, EngineConfig};
 use refill_ingest::intake::{Intake, IntakeConfig};
 use refill_ledger::{Input, testkit};
+use refill_store::KvAccountStore;
 use refill_store::embedded::Embedded;
 use refill_store_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use refill_store_kafka::rdkafka::message::Message;
@@ -84,7 +85,7 @@ pub struct KafkaReport {
     pub produce: Duration,
     /// The bare consumer reading them all.
     pub bare: Duration,
-    /// Joining the group and taking every shard (restore from snapshot).
+    /// Joining the group and taking every shard (restore from the flushed rows).
     pub join: Duration,
     /// Refill: every shard assigned → every event applied.
     pub refill: Duration,
@@ -163,7 +164,7 @@ impl KafkaReport {
             .row(
                 "join + take every shard",
                 format!("{:.3} s", self.join.as_secs_f64()),
-                "not in the rate: consumer group join, restore from snapshot",
+                "not in the rate: consumer group join, restore from the flushed rows",
             )
             .row(
                 "recharge p50",
@@ -267,10 +268,16 @@ fn measure(
         ..EngineConfig::default()
     };
 
-    // The accounts, through the journal, then a stop that snapshots them.
+    // The accounts, through the journal, then a stop that flushes them.
     let (setup_commands, _setup_command_receiver) = tokio::sync::mpsc::unbounded_channel();
     let journal = Arc::new(KafkaLog::connect(kafka, &topics.journal, args.partitions)?);
-    let setup = Engine::start(journal, store.clone(), config, setup_commands)?;
+    let setup = Engine::start(
+        journal,
+        store.clone(),
+        Arc::new(KvAccountStore::new(store.clone())),
+        config,
+        setup_commands,
+    )?;
     let setup_account = AccountSetup {
         grant_whole: 1_000_000,
         auto_recharge: false,
@@ -384,7 +391,13 @@ fn measure(
         .await
     });
     let journal = Arc::new(KafkaLog::connect(kafka, &topics.journal, args.partitions)?);
-    let engine = Engine::create(journal, store, config, commands);
+    let engine = Engine::create(
+        journal,
+        store.clone(),
+        Arc::new(KvAccountStore::new(store)),
+        config,
+        commands,
+    );
     let started = Instant::now();
     let group = format!(
         "{}refill-ingest",

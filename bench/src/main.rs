@@ -9,6 +9,7 @@
 mod baselines;
 mod core;
 mod cpu;
+mod flush;
 mod harness;
 mod ingest;
 mod kafka;
@@ -29,6 +30,7 @@ const SCENARIOS: &[&str] = &[
     "latency",
     "memory",
     "restart",
+    "flush",
 ];
 
 /// Command line.
@@ -70,8 +72,12 @@ enum Scenario {
     /// Bytes per idle account: resident-set growth while creating them in one shard
     /// (target ≤ 200).
     Memory(memory::MemoryArgs),
-    /// 1 M accounts, stop (snapshot), start again: time until it ingests (target ≤ 10 s).
+    /// 1 M accounts flushed, stop, start again from the rows: time until every shard
+    /// ingests (target ≤ 10 s).
     Restart(restart::RestartArgs),
+    /// Disk bytes of the incremental flush: idle (target 0 bytes/s) and per dirty account
+    /// (target ≤ 2 × one account's rows), with the flush's time.
+    Flush(flush::FlushArgs),
     /// Anything else: refused with the list of scenarios.
     #[command(external_subcommand)]
     Unknown(Vec<String>),
@@ -106,6 +112,10 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Restart(args) => {
             let report = restart::run(&args)?;
+            show(&report.table(), &report.json(), cli.json);
+        }
+        Scenario::Flush(args) => {
+            let report = flush::run(&args)?;
             show(&report.table(), &report.json(), cli.json);
         }
         Scenario::Unknown(words) => {

@@ -1,26 +1,30 @@
-//! Scenario `restart` (DESIGN §8): an engine with N accounts (1 M by default) is stopped
-//! as `refill serve` stops on SIGTERM (the workers drain and write their snapshots), then
-//! started again on the same data folder with `refill::app::start`; the figure is the time
-//! from calling it until the first durable write is answered: one event per shard in one
-//! `POST /v1/events?sync=true`, applied. Target ≤ 10 s.
+//! Scenario `restart` (DESIGN §8): an engine with N accounts (1 M by default), every one
+//! flushed to the account tables (the periodic flushes during the setup, and the last one
+//! the workers write when `refill serve` stops on SIGTERM), is started again on the same
+//! data folder with `refill::app::start`; the figure is the time from calling it (which
+//! opens the store, then per shard loads its rows and checkpoint, `Shard::from_rows`, and
+//! replays the log after the checkpoint) until the first durable write is answered on every
+//! shard: one event per shard in one `POST /v1/events?sync=true`, applied. Target ≤ 10 s.
 //!
 //! Afterwards, on the same data (engine stopped), the pieces alone: opening the embedded
-//! store, reading each shard's snapshot, and `Shard::restore`. The page cache is warm (the
-//! data was just written); a cold start also reads the snapshot from disk.
+//! store, reading each shard's rows (`KvAccountStore::load_shard`: the checkpoint, every
+//! account and customer state, the live dedup chunks), and `Shard::from_rows`. The page
+//! cache is warm (the data was just written); a cold start also reads the rows from disk.
 
 // Seconds for the report are floats.
 #![allow(clippy::float_arithmetic)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use axum::body::Bytes;
-use refill_ingest::rows;
 use refill_ledger::Shard;
 use refill_ledger::amount::MICROS_PER_UNIT;
-use refill_store::Store as _;
+use refill_ledger::shard::ShardRowsRef;
 use refill_store::embedded::Embedded;
+use refill_store::{AccountStore as _, KvAccountStore, Log as _, ShardRows};
 use serde_json::{Value, json};
 
 use crate::harness::{self, AccountSetup, CREDIT_TYPE, FEATURE, Http, Server, TempDir, round};
@@ -52,7 +56,7 @@ pub struct RestartReport {
     pub args: RestartArgs,
     /// Creating the accounts through the log (first life, untimed).
     pub setup: Duration,
-    /// Stopping the first life: drain and write the snapshots.
+    /// Stopping the first life: drain and write the last flush.
     pub stop: Duration,
     /// Bytes of the data folder after the stop.
     pub data_bytes: u64,
@@ -68,11 +72,15 @@ pub struct RestartReport {
     pub balance_table_has_untouched: bool,
     /// Afterwards, alone: opening the embedded store.
     pub open_store: Duration,
-    /// Reading every shard's snapshot from the store.
-    pub read_snapshots: Duration,
-    /// Bytes of the snapshots (all shards).
-    pub snapshot_bytes: u64,
-    /// `Shard::restore` of every shard, one after the other.
+    /// Reading every shard's rows from the store (`load_shard`).
+    pub load_rows: Duration,
+    /// Bytes of those rows' states, checkpoint metas and dedup chunks (all shards).
+    pub rows_bytes: u64,
+    /// Accounts the shards' checkpoints say are flushed (all shards).
+    pub accounts_flushed: u64,
+    /// Log records after the checkpoints when the second life started (replayed by it).
+    pub log_after_checkpoint: u64,
+    /// `Shard::from_rows` of every shard, one after the other.
     pub restore: Duration,
 }
 
@@ -85,7 +93,7 @@ impl RestartReport {
     /// The readable table.
     pub fn table(&self) -> Table {
         let mut table = Table::new(format!(
-            "refill-bench restart: {} accounts, {} shards, snapshot written at stop",
+            "refill-bench restart: {} accounts, {} shards, restored from the flushed rows",
             thousands(u64::from(self.args.accounts)),
             self.args.shards
         ));
@@ -99,7 +107,11 @@ impl RestartReport {
                     self.restart_s() / TARGET_RESTART_S
                 ),
             )
-            .row("  refill::app::start", s(self.app_start), "open, restore, replay, recharger")
+            .row(
+                "  refill::app::start",
+                s(self.app_start),
+                "open, load rows, from_rows, replay, recharger",
+            )
             .row("  first sync POST", s(self.first_write), "one event per shard, applied")
             .row(
                 "alone: open the embedded store",
@@ -107,24 +119,37 @@ impl RestartReport {
                 "Embedded::open on the same folder",
             )
             .row(
-                "alone: read the snapshots",
-                s(self.read_snapshots),
-                &format!("{} in all", report::mib(self.snapshot_bytes)),
+                "alone: load the rows",
+                s(self.load_rows),
+                &format!(
+                    "KvAccountStore::load_shard, every shard; {} of states, metas, dedup",
+                    report::mib(self.rows_bytes)
+                ),
             )
             .row(
-                "alone: Shard::restore",
+                "alone: Shard::from_rows",
                 s(self.restore),
                 "every shard, one after the other (as Engine::start does)",
             )
             .row(
-                "stop (drain + snapshot)",
+                "accounts flushed",
+                thousands(self.accounts_flushed),
+                "Σ checkpoint accounts before the second life",
+            )
+            .row(
+                "log records after the checkpoints",
+                thousands(self.log_after_checkpoint),
+                "replayed by the second life",
+            )
+            .row(
+                "stop (drain + last flush)",
                 s(self.stop),
                 "first life, untimed",
             )
             .row(
                 "data folder after stop",
                 report::mib(self.data_bytes),
-                "log + store + snapshots",
+                "log + account tables",
             )
             .row(
                 "accounts after restart",
@@ -154,9 +179,14 @@ impl RestartReport {
             "app_start_s": s(self.app_start),
             "first_write_s": s(self.first_write),
             "open_store_s": s(self.open_store),
-            "read_snapshots_s": s(self.read_snapshots),
+            "load_rows_s": s(self.load_rows),
             "restore_s": s(self.restore),
-            "snapshot_bytes": self.snapshot_bytes,
+            "rows_bytes": self.rows_bytes,
+            "accounts_flushed": self.accounts_flushed,
+            "log_after_checkpoint": self.log_after_checkpoint,
+            // Kept for scripts of the snapshot days: now the rows' read and size.
+            "read_snapshots_s": s(self.load_rows),
+            "snapshot_bytes": self.rows_bytes,
             "stop_s": s(self.stop),
             "data_bytes": self.data_bytes,
             "accounts": self.args.accounts,
@@ -173,7 +203,7 @@ pub fn run(args: &RestartArgs) -> anyhow::Result<RestartReport> {
     let names = harness::names('c', args.accounts);
     let data = TempDir::new(args.data_dir.as_deref(), "restart")?;
 
-    // First life: the accounts, then a stop that writes the snapshots.
+    // First life: the accounts, then a stop that flushes what the periodic flushes left.
     let server = Server::start(data.path(), args.shards)?;
     let http = Http::new(server.addr)?;
     harness::put_catalog(&http)?;
@@ -189,6 +219,33 @@ pub fn run(args: &RestartArgs) -> anyhow::Result<RestartReport> {
     drop(http);
     let stop = server.stop()?;
     let data_bytes = data.size_bytes();
+
+    // Every account flushed, and how much log the second life replays after the checkpoints.
+    let (accounts_flushed, log_after_checkpoint) = {
+        let embedded = Arc::new(Embedded::open(&data.path().join("db"), args.shards)?);
+        let accounts = KvAccountStore::new(Arc::clone(&embedded));
+        let mut log_after = 0_u64;
+        let mut flushed = 0_u64;
+        for shard in 0..args.shards {
+            let checkpoint = accounts
+                .checkpoint(shard)?
+                .with_context(|| format!("shard {shard} has no checkpoint after the stop"))?;
+            flushed += u64::from(checkpoint.accounts);
+            let mut from = checkpoint.log_next;
+            loop {
+                let records = embedded.read(shard, from, 4_096)?;
+                let Some(last) = records.last() else { break };
+                from = last.offset + 1;
+                log_after += records.len() as u64;
+            }
+        }
+        (flushed, log_after)
+    };
+    ensure!(
+        accounts_flushed == u64::from(args.accounts),
+        "expected {} accounts flushed, the checkpoints say {accounts_flushed}",
+        args.accounts
+    );
 
     // Second life, timed until the first write is applied on every shard.
     let started = Instant::now();
@@ -241,26 +298,43 @@ pub fn run(args: &RestartArgs) -> anyhow::Result<RestartReport> {
     let started = Instant::now();
     let store = Embedded::open(&data.path().join("db"), args.shards)?;
     let open_store = started.elapsed();
+    let accounts = KvAccountStore::new(store);
     let started = Instant::now();
-    let snapshots = (0..args.shards)
-        .map(|shard| {
-            store
-                .get(rows::SNAPSHOTS, &shard.to_be_bytes())?
-                .with_context(|| format!("no snapshot of shard {shard}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let read_snapshots = started.elapsed();
-    let snapshot_bytes = snapshots.iter().map(|bytes| bytes.len() as u64).sum();
+    let shard_rows = (0..args.shards)
+        .map(|shard| accounts.load_shard(shard))
+        .collect::<Result<Vec<ShardRows>, _>>()?;
+    let load_rows = started.elapsed();
+    let rows_bytes = shard_rows.iter().map(rows_size).sum();
     let started = Instant::now();
     let mut restored = 0;
-    for bytes in &snapshots {
-        let row = refill_ingest::engine::snapshot_row::decode(bytes)
-            .context("expected a snapshot row, found a truncated one")?;
-        restored += Shard::restore(row.shard)?.account_count();
+    for (shard, rows) in (0_u32..).zip(&shard_rows) {
+        let checkpoint = rows
+            .checkpoint
+            .as_ref()
+            .with_context(|| format!("shard {shard} has no checkpoint"))?;
+        restored += Shard::from_rows(&ShardRowsRef {
+            meta: &checkpoint.meta,
+            accounts: rows
+                .accounts
+                .iter()
+                .map(|(_, state)| state.as_slice())
+                .collect(),
+            customers: rows
+                .customers
+                .iter()
+                .map(|(_, state)| state.as_slice())
+                .collect(),
+            dedup: rows
+                .dedup
+                .iter()
+                .map(|chunk| (chunk.generation, chunk.fingerprints.as_slice()))
+                .collect(),
+        })?
+        .account_count();
     }
     let restore = started.elapsed();
     ensure!(restored == names.len(), "restored {restored} accounts");
-    drop(store);
+    drop((shard_rows, accounts));
 
     Ok(RestartReport {
         args: args.clone(),
@@ -273,10 +347,33 @@ pub fn run(args: &RestartArgs) -> anyhow::Result<RestartReport> {
         accounts_after,
         balance_table_has_untouched,
         open_store,
-        read_snapshots,
-        snapshot_bytes,
+        load_rows,
+        rows_bytes,
+        accounts_flushed,
+        log_after_checkpoint,
         restore,
     })
+}
+
+/// Bytes of what a restore reads of one shard: the checkpoint's meta, every account and
+/// customer state, the dedup chunks.
+fn rows_size(rows: &ShardRows) -> u64 {
+    let meta = rows
+        .checkpoint
+        .as_ref()
+        .map_or(0, |checkpoint| checkpoint.meta.len());
+    let states: usize = rows
+        .accounts
+        .iter()
+        .chain(&rows.customers)
+        .map(|(_, state)| state.len())
+        .sum();
+    let dedup: usize = rows
+        .dedup
+        .iter()
+        .map(|chunk| chunk.fingerprints.len())
+        .sum();
+    (meta + states + dedup) as u64
 }
 
 #[cfg(test)]
@@ -292,10 +389,19 @@ mod tests {
         })
         .expect("restart scenario runs");
         assert_eq!(report.accounts_after, 2_000);
-        assert!(report.snapshot_bytes > 2_000);
+        assert!(report.rows_bytes > 2_000);
+        assert_eq!(report.accounts_flushed, 2_000);
         assert!(report.table().render().contains("restart"));
         let json = report.json();
-        for key in ["scenario", "restart_s", "app_start_s", "restore_s"] {
+        for key in [
+            "scenario",
+            "restart_s",
+            "app_start_s",
+            "restore_s",
+            "load_rows_s",
+            "read_snapshots_s",
+            "snapshot_bytes",
+        ] {
             assert!(json.get(key).is_some(), "missing {key} in {json}");
         }
         assert_eq!(json["scenario"], "restart");
