@@ -24,12 +24,12 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, ensure};
 use axum::body::Bytes;
-use refill_ingest::engine::{BalanceTable, EngineConfig, LogBatch, now};
+use refill_ingest::engine::{Balances, EngineConfig, LogBatch, now};
 use refill_ingest::http::ApiLimits;
 use refill_ingest::rows::{self, BatchOffsets};
 use refill_ingest::wire;
@@ -846,14 +846,13 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<IngestReport> {
         .filter(|inputs| !inputs.is_empty())
         .collect();
     let flush_every = (shard0_bodies.len() as u64).div_ceil(flushes_wanted).max(1);
-    let balances = BalanceTable::new();
+    let balances = Balances::new();
     for (handle, account) in fresh.accounts() {
-        balances.insert(
-            (
-                fresh.customer_of(handle).id.to_string(),
-                fresh.credit_type_of(handle).to_string(),
-            ),
-            Arc::new(AtomicI64::new(account.balance().micros())),
+        balances.set(
+            fresh.customer_of(handle).id.as_str(),
+            fresh.credit_type_of(handle).as_str(),
+            0,
+            account.balance(),
         );
     }
     let mut worker = FlushRows::new(&fresh);
@@ -980,19 +979,14 @@ impl FlushRows {
 
     /// After each applied batch, as the worker: the lock-free balances of the accounts it
     /// changed (`publish_balances`), and its entries kept for the next flush.
-    fn batch(&mut self, shard: &Shard, fx: &mut Effects, balances: &BalanceTable) {
+    fn batch(&mut self, shard: &Shard, fx: &mut Effects, balances: &Balances) {
         for &handle in &fx.changed {
-            let key = (
-                shard.customer_of(handle).id.to_string(),
-                shard.credit_type_of(handle).to_string(),
+            balances.set(
+                shard.customer_of(handle).id.as_str(),
+                shard.credit_type_of(handle).as_str(),
+                0,
+                shard.account(handle).balance(),
             );
-            let micros = shard.account(handle).balance().micros();
-            match balances.get(&key) {
-                Some(cell) => cell.store(micros, Ordering::Release),
-                None => {
-                    balances.insert(key, Arc::new(AtomicI64::new(micros)));
-                }
-            }
         }
         self.entries.append(&mut fx.entries);
     }

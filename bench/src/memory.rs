@@ -6,17 +6,15 @@
 //! slack and table growth included; each pass's growth is shown too. Also shown: the
 //! snapshot's bytes per account (the encoded state, a floor for what must be kept) and what
 //! the engine adds outside the shard, its lock-free balance table, measured the same way by
-//! filling a `BalanceTable` as the shard workers fill it.
+//! filling the engine's `Balances` as the shard workers fill it.
 
 // Bytes per account for the report are floats.
 #![allow(clippy::float_arithmetic)]
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use refill_ingest::engine::{BalanceTable, now};
+use refill_ingest::engine::{Balances, now};
 use refill_ledger::account::Account;
 use refill_ledger::amount::MICROS_PER_UNIT;
 use refill_ledger::shard::{Customer, CustomerDetails};
@@ -133,7 +131,7 @@ impl MemoryReport {
             .row(
                 "engine balance table per account",
                 format!("{:.1}", self.per_account(self.balance_table_bytes)),
-                "RSS growth filling ingest's BalanceTable; on top of the shard in the engine",
+                "RSS growth filling the engine's Balances; on top of the shard in the engine",
             )
             .row(
                 "size_of Account / Customer",
@@ -257,14 +255,13 @@ pub fn run(args: &MemoryArgs) -> anyhow::Result<MemoryReport> {
     // The engine's balance table, filled as the workers fill it after a batch; before the
     // snapshot, whose freed memory the table would otherwise reuse unseen.
     let table_before = rss()?;
-    let table = BalanceTable::new();
+    let table = Balances::new();
     for (handle, account) in shard.accounts() {
-        table.insert(
-            (
-                shard.customer_of(handle).id.to_string(),
-                shard.credit_type_of(handle).to_string(),
-            ),
-            Arc::new(AtomicI64::new(account.balance().micros())),
+        table.set(
+            shard.customer_of(handle).id.as_str(),
+            shard.credit_type_of(handle).as_str(),
+            0,
+            account.balance(),
         );
     }
     let balance_table_bytes = rss()?.saturating_sub(table_before);

@@ -171,9 +171,6 @@ struct ShardLane {
     failure: Mutex<Option<String>>,
 }
 
-/// The balance table the engine kept before [`Balances`] (two heap strings and an `Arc`
-/// per account); kept for the benchmarks that compare the two.
-pub type BalanceTable = DashMap<(String, String), Arc<std::sync::atomic::AtomicI64>>;
 
 /// A handle to the running engine; cheap to clone.
 #[derive(Clone)]

@@ -185,7 +185,10 @@ impl Worker {
             };
             let result = result
                 .and_then(|()| self.retry_failed_flush())
-                .and_then(|()| self.log_timers(flush_interval, tick_interval));
+                .and_then(|()| self.log_timers(flush_interval, tick_interval))
+                // What the worker logged itself (a flush, a tick) applies now, not at the
+                // next wake-up.
+                .and_then(|()| self.apply_all());
             let lag = self
                 .dirty_since
                 .map_or(0.0, |since| since.elapsed().as_secs_f64());
