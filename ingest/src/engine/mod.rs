@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
-use dashmap::DashMap;
 use refill_ledger::effects::{LedgerEntry, RechargeAttempt};
 use refill_ledger::effects::{Outcome, RechargeCommand};
 use refill_ledger::{Credits, Input, Shard, ShardConfig, TimestampMs};
@@ -170,7 +169,6 @@ struct ShardLane {
     /// Why the worker stopped, if it failed (readiness reports it).
     failure: Mutex<Option<String>>,
 }
-
 
 /// A handle to the running engine; cheap to clone.
 #[derive(Clone)]
