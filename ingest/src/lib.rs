@@ -49,7 +49,35 @@ pub fn describe_metrics() {
         "refill_ingest_notifications_total",
         "Notifications produced, by kind."
     );
-    describe_counter!("refill_ingest_snapshots_total", "Shard snapshots written.");
+    describe_counter!(
+        "refill_ingest_rerouted_total",
+        "Valid usage records on another partition than their customer's owner, re-routed there."
+    );
+    describe_counter!(
+        "refill_ingest_shard_failures_total",
+        "Shards stopped on an error they cannot go past (see /readyz for the reason)."
+    );
+    describe_counter!(
+        "refill_store_flush_accounts_total",
+        "Dirty accounts written by landed flushes."
+    );
+    describe_counter!(
+        "refill_store_flush_retries_total",
+        "Flush writes retried at once after a transient store error."
+    );
+    describe_counter!(
+        "refill_store_flush_failures_total",
+        "Flushes kept for later because the store stayed unavailable."
+    );
+    describe_counter!(
+        "refill_store_flush_backpressure_total",
+        "Passes a shard did not apply because too many rows wait for an unavailable store."
+    );
+    describe_gauge!(
+        "refill_store_flush_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest change not yet in a landed flush, per shard (0 when flushed)."
+    );
     describe_counter!(
         "refill_recharger_outcomes_total",
         "Recharge outcomes sent back to the shards, by result."
@@ -92,11 +120,11 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "refill_ingest_paused_accounts",
-        "Accounts whose auto-recharge is paused, per shard (updated at snapshots)."
+        "Accounts whose auto-recharge is paused, per shard (counted every minute)."
     );
     describe_gauge!(
         "refill_ingest_accounts",
-        "Accounts per shard (updated at snapshots)."
+        "Accounts per shard (updated at flushes)."
     );
     describe_histogram!(
         "refill_ingest_batch_inputs",
@@ -108,13 +136,13 @@ pub fn describe_metrics() {
         "Time to apply one log record in a shard."
     );
     describe_histogram!(
-        "refill_ingest_flush_seconds",
+        "refill_store_flush_seconds",
         Unit::Seconds,
-        "Time to write a pass's rows to the store."
+        "Time to build and write one flush's rows, checkpoint last."
     );
     describe_histogram!(
         "refill_ingest_restore_seconds",
         Unit::Seconds,
-        "Time for a shard to restore its snapshot and replay the log."
+        "Time for a shard to restore from its rows and checkpoint and replay the log after it."
     );
 }

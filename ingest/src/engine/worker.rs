@@ -42,6 +42,8 @@ pub(super) struct Worker {
     /// A flush record is in the log and not applied yet: do not log another.
     flush_logged: bool,
     last_tick: Instant,
+    /// When the paused-accounts gauge was last counted (a pass over every account).
+    last_census: Option<Instant>,
     /// A flush the store refused (unavailable): retried until it lands; the shard keeps
     /// applying meanwhile (bounded), and the next flush carries its rows.
     failed: Option<FailedFlush>,
@@ -122,6 +124,7 @@ impl Worker {
             last_flush: Instant::now(),
             flush_logged: false,
             last_tick: Instant::now(),
+            last_census: None,
             failed: None,
             dirty_since: None,
             engine,
@@ -189,6 +192,7 @@ impl Worker {
                 // What the worker logged itself (a flush, a tick) applies now, not at the
                 // next wake-up.
                 .and_then(|()| self.apply_all());
+            self.census();
             let lag = self
                 .dirty_since
                 .map_or(0.0, |since| since.elapsed().as_secs_f64());
@@ -235,6 +239,29 @@ impl Worker {
             self.last_tick = Instant::now();
         }
         Ok(())
+    }
+
+    /// Counts the paused accounts for their gauge, once a minute (a pass over every
+    /// account: cheap next to a minute of traffic, and never on the hot path).
+    fn census(&mut self) {
+        if self
+            .last_census
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.last_census = Some(Instant::now());
+        let paused = self
+            .shard
+            .accounts()
+            .filter(|(_, account)| {
+                account
+                    .auto_recharge()
+                    .is_some_and(|auto| auto.paused.is_some())
+            })
+            .count();
+        metrics::gauge!("refill_ingest_paused_accounts", "shard" => self.shard_index.to_string())
+            .set(paused as f64);
     }
 
     /// Appends an input of the worker's own (a flush, a tick) to its log partition.
