@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use axum::body::Bytes;
-use refill_ledger::Shard;
 use refill_ledger::amount::MICROS_PER_UNIT;
-use refill_ledger::shard::ShardRowsRef;
 use refill_store::embedded::Embedded;
 use refill_store::{AccountStore as _, KvAccountStore, Log as _, ShardRows};
 use serde_json::{Value, json};
@@ -312,25 +310,7 @@ pub fn run(args: &RestartArgs) -> anyhow::Result<RestartReport> {
             .checkpoint
             .as_ref()
             .with_context(|| format!("shard {shard} has no checkpoint"))?;
-        restored += Shard::from_rows(&ShardRowsRef {
-            meta: &checkpoint.meta,
-            accounts: rows
-                .accounts
-                .iter()
-                .map(|(_, state)| state.as_slice())
-                .collect(),
-            customers: rows
-                .customers
-                .iter()
-                .map(|(_, state)| state.as_slice())
-                .collect(),
-            dedup: rows
-                .dedup
-                .iter()
-                .map(|chunk| (chunk.generation, chunk.fingerprints.as_slice()))
-                .collect(),
-        })?
-        .account_count();
+        restored += refill_ingest::rows::restore_shard(checkpoint, rows)?.account_count();
     }
     let restore = started.elapsed();
     ensure!(restored == names.len(), "restored {restored} accounts");

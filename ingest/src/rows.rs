@@ -7,8 +7,9 @@ use refill_ledger::autorecharge::AutoRechargeStatus;
 use refill_ledger::effects::{
     AccountHandle, AttemptStatus, EntryKind, LedgerEntry, RechargeAttempt, Reference,
 };
+use refill_ledger::shard::{ShardRowsRef, SnapshotError};
 use refill_ledger::{Credits, Shard, TimestampMs};
-use refill_store::{AttemptRow, BalanceRow, LedgerRow};
+use refill_store::{AttemptRow, BalanceRow, CheckpointRow, LedgerRow, ShardRows};
 use serde_json::{Value, json};
 
 /// Maps a shard batch to the log offset of the record it came from: each log record is
@@ -166,5 +167,28 @@ pub fn attempt_json(row: &AttemptRow) -> Value {
         "cost": cost,
         "status": row.status,
         "reason": row.reason,
+    })
+}
+
+/// The shard that made `checkpoint`, from the rows a restore read with it
+/// (`AccountStore::load_shard`).
+pub fn restore_shard(checkpoint: &CheckpointRow, rows: &ShardRows) -> Result<Shard, SnapshotError> {
+    Shard::from_rows(&ShardRowsRef {
+        meta: &checkpoint.meta,
+        accounts: rows
+            .accounts
+            .iter()
+            .map(|(_, state)| state.as_slice())
+            .collect(),
+        customers: rows
+            .customers
+            .iter()
+            .map(|(_, state)| state.as_slice())
+            .collect(),
+        dedup: rows
+            .dedup
+            .iter()
+            .map(|chunk| (chunk.generation, chunk.fingerprints.as_slice()))
+            .collect(),
     })
 }

@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 use refill_ledger::effects::{
     AccountHandle, Effects, FlushSet, LedgerEntry, Outcome, RechargeAttempt, RechargeCommand,
 };
-use refill_ledger::shard::{ShardRowsRef, encode_fingerprints};
+use refill_ledger::shard::encode_fingerprints;
 use refill_ledger::{Input, Shard};
 use refill_store::{AccountStateRow, CheckpointRow, CustomerStateRow, DedupChunkRow, Flush};
 
@@ -72,25 +72,7 @@ impl Worker {
         let rows = inner.accounts.load_shard(shard_index)?;
         let (shard, next_offset, sources) = match &rows.checkpoint {
             Some(checkpoint) => {
-                let shard = Shard::from_rows(&ShardRowsRef {
-                    meta: &checkpoint.meta,
-                    accounts: rows
-                        .accounts
-                        .iter()
-                        .map(|(_, state)| state.as_slice())
-                        .collect(),
-                    customers: rows
-                        .customers
-                        .iter()
-                        .map(|(_, state)| state.as_slice())
-                        .collect(),
-                    dedup: rows
-                        .dedup
-                        .iter()
-                        .map(|chunk| (chunk.generation, chunk.fingerprints.as_slice()))
-                        .collect(),
-                })
-                .map_err(|error| {
+                let shard = rows::restore_shard(checkpoint, &rows).map_err(|error| {
                     EngineError::Corrupt(format!(
                         "rows of shard {shard_index} at checkpoint {}: {error}",
                         checkpoint.version
