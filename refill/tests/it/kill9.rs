@@ -57,16 +57,8 @@ async fn send(
     Ok(response.status())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_loses_no_acknowledged_event_and_applies_none_twice() {
-    let data = std::env::temp_dir().join(format!("refill-kill9-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
-    let port = free_port();
-    let mut server = start(&data, port);
+/// The catalog both tests use: credits at $0.10, one credit per API call.
+async fn put_catalog(client: &reqwest::Client, port: u16) {
     for (path, body) in [
         (
             "/v1/credit-types/api-credits",
@@ -87,6 +79,19 @@ async fn kill_9_loses_no_acknowledged_event_and_applies_none_twice() {
             .status();
         assert!(status.is_success(), "{path}: {status}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_event_and_applies_none_twice() {
+    let data = std::env::temp_dir().join(format!("refill-kill9-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let port = free_port();
+    let mut server = start(&data, port);
+    put_catalog(&client, port).await;
     let batches: Vec<Value> = (0..60)
         .map(|batch| {
             Value::Array(
@@ -169,26 +174,7 @@ async fn kill_9_during_a_flush_of_100k_dirty_accounts_loses_nothing() {
         .expect("client");
     let port = free_port();
     let mut server = start(&data, port);
-    for (path, body) in [
-        (
-            "/v1/credit-types/api-credits",
-            json!({"name": "API credits", "unit_price": {"amount": "0.10", "currency": "USD"}}),
-        ),
-        (
-            "/v1/features/api-call",
-            json!({"name": "API call", "unit": {"singular": "call", "plural": "calls"}, "credit_type": "api-credits", "credits_per_unit": 1}),
-        ),
-    ] {
-        let status = client
-            .put(format!("http://127.0.0.1:{port}{path}"))
-            .bearer_auth(KEY)
-            .json(&body)
-            .send()
-            .await
-            .expect("catalog")
-            .status();
-        assert!(status.is_success(), "{path}: {status}");
-    }
+    put_catalog(&client, port).await;
     // One event per account, worth 1 to 7 credits; the same ids every round.
     let value_of = |n: usize| n % 7 + 1;
     let requests: Vec<Value> = (0..ACCOUNTS / PER_REQUEST)
