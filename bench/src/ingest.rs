@@ -35,13 +35,9 @@ use refill_ingest::rows::{self, BatchOffsets};
 use refill_ingest::wire;
 use refill_ledger::amount::MICROS_PER_UNIT;
 use refill_ledger::effects::{FlushSet, LedgerEntry};
-use refill_ledger::shard::encode_fingerprints;
 use refill_ledger::{Effects, Input, Shard, ShardConfig, testkit};
 use refill_store::embedded::Embedded;
-use refill_store::{
-    AccountStateRow, AccountStore as _, CheckpointRow, CustomerStateRow, DedupChunkRow, Flush,
-    KvAccountStore, Log as _,
-};
+use refill_store::{AccountStore as _, Flush, KvAccountStore, Log as _};
 use serde_json::{Value, json};
 
 use crate::cpu;
@@ -996,78 +992,28 @@ impl FlushRows {
     /// changed customers, the entries since the last flush, the new dedup ids, the
     /// checkpoint.
     fn flush(&mut self, shard: &Shard, set: &FlushSet) -> Flush {
-        let as_of = shard.clock();
         self.account_slots.resize(shard.account_count(), 0);
         self.customer_slots.resize(shard.customer_count(), 0);
-        let balances = set
-            .accounts
-            .iter()
-            .map(|&handle| rows::balance_row(shard, handle, as_of, set.number, 0))
-            .collect();
-        let accounts: Vec<AccountStateRow> = set
-            .accounts
-            .iter()
-            .map(|&handle| AccountStateRow {
-                shard: 0,
-                handle: handle.0,
-                slot: 1 - self.account_slots[handle.0 as usize],
-                version: set.number,
-                state: shard.account_state(handle),
-            })
-            .collect();
-        let customers: Vec<CustomerStateRow> = set
-            .customers
-            .iter()
-            .map(|&index| CustomerStateRow {
-                shard: 0,
-                index,
-                slot: 1 - self.customer_slots[index as usize],
-                version: set.number,
-                customer_id: shard.customer_at(index).id.to_string(),
-                state: shard.customer_state(index),
-            })
-            .collect();
-        let entries = self
-            .entries
-            .drain(..)
-            .map(|entry| rows::entry_row(shard, &entry, self.offsets))
-            .collect();
-        let dedup = set
-            .dedup
-            .iter()
-            .map(|(generation, keys)| DedupChunkRow {
-                shard: 0,
-                generation: *generation,
-                flush: set.number,
-                fingerprints: encode_fingerprints(keys),
-            })
-            .collect();
-        for row in &accounts {
-            self.account_slots[row.handle as usize] = row.slot;
-        }
-        for row in &customers {
-            self.customer_slots[row.index as usize] = row.slot;
-        }
-        let checkpoint = CheckpointRow {
-            shard: 0,
-            version: set.number,
+        let flush = rows::flush_rows(&rows::FlushSource {
+            shard,
+            set,
+            partition: 0,
+            account_slots: &self.account_slots,
+            customer_slots: &self.customer_slots,
+            entries: &self.entries,
+            attempts: &[],
+            offsets: self.offsets,
             log_next: u64::try_from(self.offsets.offset_of(shard.batch()) + 1).unwrap_or(0),
             sources: None,
-            as_of_ms: as_of.0,
-            accounts: u32::try_from(shard.account_count()).unwrap_or(u32::MAX),
-            customers: u32::try_from(shard.customer_count()).unwrap_or(u32::MAX),
-            dedup_generation_min: set.dedup_generation_min,
-            meta: shard.flush_meta(),
-        };
-        Flush {
-            balances,
-            accounts,
-            customers,
-            entries,
-            attempts: Vec::new(),
-            dedup,
-            checkpoint: Some(checkpoint),
+        });
+        self.entries.clear();
+        for row in &flush.accounts {
+            self.account_slots[row.handle as usize] = row.slot;
         }
+        for row in &flush.customers {
+            self.customer_slots[row.index as usize] = row.slot;
+        }
+        flush
     }
 }
 

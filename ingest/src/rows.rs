@@ -5,11 +5,15 @@
 
 use refill_ledger::autorecharge::AutoRechargeStatus;
 use refill_ledger::effects::{
-    AccountHandle, AttemptStatus, EntryKind, LedgerEntry, RechargeAttempt, Reference,
+    AccountHandle, AttemptStatus, EntryKind, FlushSet, LedgerEntry, RechargeAttempt, Reference,
 };
+use refill_ledger::shard::encode_fingerprints;
 use refill_ledger::shard::{ShardRowsRef, SnapshotError};
 use refill_ledger::{Credits, Shard, TimestampMs};
-use refill_store::{AttemptRow, BalanceRow, CheckpointRow, LedgerRow, ShardRows};
+use refill_store::{
+    AccountStateRow, AttemptRow, BalanceRow, CheckpointRow, CustomerStateRow, DedupChunkRow, Flush,
+    LedgerRow, ShardRows,
+};
 use serde_json::{Value, json};
 
 /// Maps a shard batch to the log offset of the record it came from: each log record is
@@ -191,4 +195,107 @@ pub fn restore_shard(checkpoint: &CheckpointRow, rows: &ShardRows) -> Result<Sha
             .map(|chunk| (chunk.generation, chunk.fingerprints.as_slice()))
             .collect(),
     })
+}
+
+/// What one flush's rows are built from: the shard that just closed the flush, and what its
+/// worker kept since the last one.
+pub struct FlushSource<'a> {
+    /// The shard, right after the batch that closed the flush.
+    pub shard: &'a Shard,
+    /// What the flush covers.
+    pub set: &'a FlushSet,
+    /// The shard's partition.
+    pub partition: u32,
+    /// Per account handle, the slot holding its newest flushed state (at least as long as
+    /// the shard's accounts).
+    pub account_slots: &'a [u8],
+    /// Likewise per customer index.
+    pub customer_slots: &'a [u8],
+    /// Ledger entries since the last landed flush.
+    pub entries: &'a [LedgerEntry],
+    /// Recharge attempts since the last landed flush.
+    pub attempts: &'a [RechargeAttempt],
+    /// Shard batch → log offset.
+    pub offsets: BatchOffsets,
+    /// The log offset after the flush's record.
+    pub log_next: u64,
+    /// Where the shard's Kafka sources continue, if it reads them.
+    pub sources: Option<(u64, u64)>,
+}
+
+/// The rows of a flush: the dirty accounts' balances and states (each in the slot not
+/// holding its newest state), the changed customers, the entries and attempts since the
+/// last flush, the new dedup ids, and the checkpoint.
+pub fn flush_rows(source: &FlushSource<'_>) -> Flush {
+    let FlushSource {
+        shard,
+        set,
+        partition,
+        ..
+    } = *source;
+    let as_of = shard.clock();
+    let balances = set
+        .accounts
+        .iter()
+        .map(|&handle| balance_row(shard, handle, as_of, set.number, partition))
+        .collect();
+    let accounts = set
+        .accounts
+        .iter()
+        .map(|&handle| AccountStateRow {
+            shard: partition,
+            handle: handle.0,
+            slot: 1 - source.account_slots[handle.0 as usize],
+            version: set.number,
+            state: shard.account_state(handle),
+        })
+        .collect();
+    let customers = set
+        .customers
+        .iter()
+        .map(|&index| CustomerStateRow {
+            shard: partition,
+            index,
+            slot: 1 - source.customer_slots[index as usize],
+            version: set.number,
+            customer_id: shard.customer_at(index).id.to_string(),
+            state: shard.customer_state(index),
+        })
+        .collect();
+    let entries = source
+        .entries
+        .iter()
+        .map(|entry| entry_row(shard, entry, source.offsets))
+        .collect();
+    let attempts = source.attempts.iter().map(attempt_row).collect();
+    let dedup = set
+        .dedup
+        .iter()
+        .map(|(generation, keys)| DedupChunkRow {
+            shard: partition,
+            generation: *generation,
+            flush: set.number,
+            fingerprints: encode_fingerprints(keys),
+        })
+        .collect();
+    let checkpoint = CheckpointRow {
+        shard: partition,
+        version: set.number,
+        log_next: source.log_next,
+        sources: source.sources,
+        as_of_ms: as_of.0,
+        accounts: u32::try_from(shard.account_count()).expect("fewer than 2^32 accounts"),
+        customers: u32::try_from(shard.customer_count()).expect("fewer than 2^32 customers"),
+        dedup_generation_min: set.dedup_generation_min,
+        meta: shard.flush_meta(),
+    };
+    Flush {
+        balances,
+        accounts,
+        customers,
+        entries,
+        attempts,
+        dedup,
+        checkpoint: Some(checkpoint),
+    }
 }

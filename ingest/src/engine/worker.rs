@@ -13,9 +13,8 @@ use crossbeam_channel::Receiver;
 use refill_ledger::effects::{
     AccountHandle, Effects, FlushSet, LedgerEntry, Outcome, RechargeAttempt, RechargeCommand,
 };
-use refill_ledger::shard::encode_fingerprints;
 use refill_ledger::{Input, Shard};
-use refill_store::{AccountStateRow, CheckpointRow, CustomerStateRow, DedupChunkRow, Flush};
+use refill_store::Flush;
 
 use super::{Applied, Engine, EngineError, LogBatch, ShardView, SourceMarks, Wake, now};
 use crate::rows::{self, BatchOffsets};
@@ -504,84 +503,24 @@ impl Worker {
             .set(self.shard.account_count() as f64);
     }
 
-    /// The rows of a flush: the dirty accounts' balances and states, the changed customers,
-    /// the entries and attempts since the last flush, the new dedup ids, the checkpoint.
+    /// The rows of a flush (`rows::flush_rows`) from what the worker kept since the last.
     fn flush_rows(&mut self, set: &FlushSet, log_next: u64) -> Flush {
-        let shard = &self.shard;
-        let partition = self.shard_index;
-        let as_of = shard.clock();
-        self.account_slots.resize(shard.account_count(), 0);
-        self.customer_slots.resize(shard.customer_count(), 0);
-        let balances = set
-            .accounts
-            .iter()
-            .map(|&handle| rows::balance_row(shard, handle, as_of, set.number, partition))
-            .collect();
-        let accounts = set
-            .accounts
-            .iter()
-            .map(|&handle| AccountStateRow {
-                shard: partition,
-                handle: handle.0,
-                slot: 1 - self.account_slots[handle.0 as usize],
-                version: set.number,
-                state: shard.account_state(handle),
-            })
-            .collect();
-        let customers = set
-            .customers
-            .iter()
-            .map(|&index| CustomerStateRow {
-                shard: partition,
-                index,
-                slot: 1 - self.customer_slots[index as usize],
-                version: set.number,
-                customer_id: shard.customer_at(index).id.to_string(),
-                state: shard.customer_state(index),
-            })
-            .collect();
-        let entries = self
-            .unflushed_entries
-            .iter()
-            .map(|entry| rows::entry_row(shard, entry, self.offsets))
-            .collect();
-        let attempts = self
-            .unflushed_attempts
-            .iter()
-            .map(rows::attempt_row)
-            .collect();
-        let dedup = set
-            .dedup
-            .iter()
-            .map(|(generation, keys)| DedupChunkRow {
-                shard: partition,
-                generation: *generation,
-                flush: set.number,
-                fingerprints: encode_fingerprints(keys),
-            })
-            .collect();
-        let checkpoint = CheckpointRow {
-            shard: partition,
-            version: set.number,
+        self.account_slots.resize(self.shard.account_count(), 0);
+        self.customer_slots.resize(self.shard.customer_count(), 0);
+        rows::flush_rows(&rows::FlushSource {
+            shard: &self.shard,
+            set,
+            partition: self.shard_index,
+            account_slots: &self.account_slots,
+            customer_slots: &self.customer_slots,
+            entries: &self.unflushed_entries,
+            attempts: &self.unflushed_attempts,
+            offsets: self.offsets,
             log_next,
             sources: self
                 .sources
                 .map(|marks| (marks.usage_next, marks.commands_next)),
-            as_of_ms: as_of.0,
-            accounts: u32::try_from(shard.account_count()).expect("fewer than 2^32 accounts"),
-            customers: u32::try_from(shard.customer_count()).expect("fewer than 2^32 customers"),
-            dedup_generation_min: set.dedup_generation_min,
-            meta: shard.flush_meta(),
-        };
-        Flush {
-            balances,
-            accounts,
-            customers,
-            entries,
-            attempts,
-            dedup,
-            checkpoint: Some(checkpoint),
-        }
+        })
     }
 }
 
