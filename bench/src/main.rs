@@ -21,6 +21,12 @@ mod zipf;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc, not glibc's malloc: the shard threads allocate a flush's rows and the store's
+/// threads free them, and glibc then spent ~12 % of `refill-bench ingest`'s CPU on
+/// consolidating chunks and on TLB shootdowns from returning memory (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Scenarios that exist now.
 const SCENARIOS: &[&str] = &[
     "core",

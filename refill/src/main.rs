@@ -9,6 +9,12 @@ mod simulate;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc, not glibc's malloc: the shard threads allocate a flush's rows and the store's
+/// threads free them, and glibc then spent ~12 % of `refill-bench ingest`'s CPU on
+/// consolidating chunks and on TLB shootdowns from returning memory (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Refill: prepaid usage credits with auto-recharge.
 #[derive(Parser)]
 #[command(name = "refill", version, about, long_about = None)]
