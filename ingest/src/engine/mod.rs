@@ -11,6 +11,7 @@
 //! refused with [`EngineError::NotOwner`].
 
 mod balances;
+mod flusher;
 mod partition;
 mod worker;
 

@@ -1,9 +1,10 @@
 //! One shard's single writer: restores the shard from its flushed rows and checkpoint,
 //! replays the log after it, then applies each new record as one batch, publishes the
 //! lock-free balances, answers waiting writers, hands recharge commands on, and every
-//! `flush_interval_ms` logs a flush whose rows (what changed since the last one) it writes
-//! to the account store, checkpoint last. Crash-only: a flush that still fails after its
-//! retries stops the shard with the reason, and nothing moves past it.
+//! `flush_interval_ms` logs a flush whose rows (what changed since the last one) its flush
+//! writer (`flusher.rs`) writes to the account store, checkpoint last, while the worker goes
+//! on applying. Crash-only: a flush the store refuses for longer than the outage allowance
+//! stops the shard with the reason, and no checkpoint moves past it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use refill_ledger::effects::{
 use refill_ledger::{Input, Shard};
 use refill_store::Flush;
 
+use super::flusher::{FlushWriter, Retries, Written};
 use super::{Applied, Engine, EngineError, LogBatch, ShardView, SourceMarks, Wake, now};
 use crate::rows::{self, BatchOffsets};
 
@@ -48,6 +50,28 @@ pub(super) struct Worker {
     failed: Option<FailedFlush>,
     /// When the shard first changed after its last landed flush (the flush lag).
     dirty_since: Option<Instant>,
+    /// Writes the flushes, one at a time, on its own thread.
+    writer: FlushWriter,
+    /// The flush the writer holds, if any.
+    in_flight: Option<InFlight>,
+}
+
+/// What woke the worker.
+enum Received {
+    /// A message of the engine (`None`: the lane is gone).
+    Wake(Option<Wake>),
+    /// The writer's answer for the flush in flight (`None`: the writer is gone).
+    Written(Option<Box<Written>>),
+    /// Nothing within the poll interval.
+    Timeout,
+}
+
+/// A flush handed to the writer and not answered yet.
+struct InFlight {
+    /// When its rows first failed to land, for a failed flush written again.
+    failing_since: Option<Instant>,
+    /// The backoff it had reached, likewise.
+    backoff: Option<Duration>,
 }
 
 /// A flush whose write failed, kept whole (its checkpoint included) to write again.
@@ -108,6 +132,20 @@ impl Worker {
             last_census: None,
             failed: None,
             dirty_since: None,
+            writer: FlushWriter::start(
+                shard_index,
+                Arc::clone(&inner.accounts),
+                Retries {
+                    attempts_max: inner.config.flush_attempts_max.max(1),
+                    backoff: Duration::from_millis(inner.config.flush_retry_backoff_ms),
+                },
+            )
+            .map_err(|error| {
+                EngineError::Corrupt(format!(
+                    "expected to start the flush writer of shard {shard_index}, found: {error}"
+                ))
+            })?,
+            in_flight: None,
             engine,
             shard,
         };
@@ -143,14 +181,19 @@ impl Worker {
             .min(tick_interval)
             .min(Duration::from_millis(500));
         loop {
-            let result = match wake.recv_timeout(poll) {
-                Ok(Wake::Stop) => {
+            let received = crossbeam_channel::select! {
+                recv(wake) -> message => Received::Wake(message.ok()),
+                recv(self.writer.answers()) -> written => Received::Written(written.ok().map(Box::new)),
+                default(poll) => Received::Timeout,
+            };
+            let result = match received {
+                Received::Wake(Some(Wake::Stop)) => {
                     if let Err(error) = self.stop() {
                         self.fail(&error);
                     }
                     return;
                 }
-                Ok(Wake::Read(job)) => {
+                Received::Wake(Some(Wake::Read(job))) => {
                     // Apply what is durable first, so a client reads its own writes.
                     let result = self.apply_all();
                     job(&ShardView {
@@ -162,10 +205,17 @@ impl Worker {
                     });
                     result
                 }
-                Ok(Wake::Appended) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    self.apply_all()
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                Received::Written(Some(written)) => self
+                    .flush_answered(*written)
+                    .and_then(|()| self.apply_all()),
+                Received::Wake(Some(Wake::Appended)) | Received::Timeout => self.apply_all(),
+                // The engine dropped the lane, or the writer's thread is gone (it runs
+                // while its handle lives, so only a panic there ends it).
+                Received::Wake(None) => return,
+                Received::Written(None) => Err(EngineError::Corrupt(format!(
+                    "expected the flush writer of shard {} to run, found it stopped",
+                    self.shard_index
+                ))),
             };
             let result = result
                 .and_then(|()| self.retry_failed_flush())
@@ -209,7 +259,12 @@ impl Worker {
             || !self.unflushed_entries.is_empty()
             || !self.unflushed_attempts.is_empty()
             || self.failed.is_some();
-        if dirty && !self.flush_logged && self.last_flush.elapsed() >= flush_interval {
+        // One flush in flight at a time: under load the next covers the time this one took.
+        if dirty
+            && !self.flush_logged
+            && self.in_flight.is_none()
+            && self.last_flush.elapsed() >= flush_interval
+        {
             self.append_own(Input::Flush)?;
             self.flush_logged = true;
         }
@@ -259,6 +314,7 @@ impl Worker {
 
     /// Applies what is logged, then a last flush so the next owner restores from rows alone.
     fn stop(&mut self) -> Result<(), EngineError> {
+        self.wait_for_flush()?;
         self.apply_all()?;
         let dirty = !self.shard.is_clean()
             || !self.unflushed_entries.is_empty()
@@ -267,7 +323,7 @@ impl Worker {
             self.append_own(Input::Flush)?;
             self.apply_all()?;
         }
-        Ok(())
+        self.wait_for_flush()
     }
 
     fn apply_all(&mut self) -> Result<(), EngineError> {
@@ -278,12 +334,12 @@ impl Worker {
     /// Applies the records available now; returns how many.
     fn apply_available(&mut self) -> Result<usize, EngineError> {
         let inner = Arc::clone(&self.engine.inner);
-        if self.failed.is_some()
+        if (self.failed.is_some() || self.in_flight.is_some())
             && self.unflushed_entries.len() + self.unflushed_attempts.len()
                 >= inner.config.unflushed_rows_max
         {
-            // The store is down and the rows waiting for it reached their bound: stop
-            // applying (the log keeps accepting) until the failed flush lands.
+            // The store is down or behind, and the rows waiting for it reached their
+            // bound: stop applying (the log keeps accepting) until the flush lands.
             metrics::counter!("refill_store_flush_backpressure_total").increment(1);
             return Ok(0);
         }
@@ -335,7 +391,8 @@ impl Worker {
                 let _ = self.commands.send(command.clone());
             }
             if let Some(flush) = self.effects.flush.take() {
-                // Nothing after this record is applied until its rows are durable.
+                // Its rows are what the shard holds now; the writer makes them durable
+                // while the shard goes on (the checkpoint, last, says how far they reach).
                 self.write_flush(&flush, record.offset + 1)?;
             }
             finished.push((
@@ -390,50 +447,75 @@ impl Worker {
         }
     }
 
-    /// Writes the rows of a flush the shard just closed, checkpoint last (with the rows of
-    /// an earlier flush that did not land, where this one does not supersede them). A
-    /// failed write is retried a few times at once; if the store stays unavailable the
-    /// flush is kept and retried while the shard goes on applying (bounded), and only an
-    /// outage past `flush_outage_max_ms`, or an error no retry can cure, stops the shard.
+    /// Hands the rows of a flush the shard just closed to the writer, checkpoint last (with
+    /// the rows of an earlier flush that did not land, where this one does not supersede
+    /// them). A flush still in flight is waited for first: flushes land in order, and the
+    /// slots of this one depend on what that one wrote.
     fn write_flush(&mut self, set: &FlushSet, log_next: u64) -> Result<(), EngineError> {
+        self.wait_for_flush()?;
         let mut flush = self.flush_rows(set, log_next);
         if let Some(failed) = self.failed.take() {
             carry_over(&mut flush, failed.flush);
         }
         self.flush_logged = false;
         self.last_flush = Instant::now();
-        self.try_write(flush, None)
+        self.send_flush(flush, None, None);
+        Ok(())
     }
 
-    /// Writes `flush` with a few quick retries; on a transient failure keeps it as the
-    /// failed flush (first failed at `since`, or now).
-    fn try_write(&mut self, flush: Flush, since: Option<Instant>) -> Result<(), EngineError> {
-        let started = Instant::now();
-        let config = self.engine.inner.config;
-        let mut backoff = Duration::from_millis(config.flush_retry_backoff_ms);
-        let mut attempt = 1;
-        let error = loop {
-            match self.engine.inner.accounts.flush(&flush) {
-                Ok(()) => {
-                    self.landed(&flush, started);
-                    return Ok(());
-                }
-                Err(error @ refill_store::StoreError::Backend(_))
-                    if attempt < config.flush_attempts_max =>
-                {
-                    eprintln!(
-                        "shard {}: flush failed (attempt {attempt} of {}), retrying: {error}",
-                        self.shard_index, config.flush_attempts_max
-                    );
-                    metrics::counter!("refill_store_flush_retries_total").increment(1);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    attempt += 1;
-                }
-                Err(error) => break error,
+    fn send_flush(
+        &mut self,
+        flush: Flush,
+        failing_since: Option<Instant>,
+        backoff: Option<Duration>,
+    ) {
+        debug_assert!(
+            self.in_flight.is_none(),
+            "one flush of a shard in flight at a time"
+        );
+        self.in_flight = Some(InFlight {
+            failing_since,
+            backoff,
+        });
+        self.writer.send(flush);
+    }
+
+    /// Blocks until the flush in flight (if any) has answered, and takes its answer.
+    fn wait_for_flush(&mut self) -> Result<(), EngineError> {
+        if self.in_flight.is_none() {
+            return Ok(());
+        }
+        let written = self.writer.answers().recv().map_err(|_| {
+            EngineError::Corrupt(format!(
+                "expected the flush writer of shard {} to answer, found it stopped",
+                self.shard_index
+            ))
+        })?;
+        self.flush_answered(written)
+    }
+
+    /// The writer's answer: a landed flush is booked; one the store refused after the quick
+    /// retries is kept and retried while the shard goes on applying (bounded), and only an
+    /// outage past `flush_outage_max_ms`, or an error no retry can cure, stops the shard.
+    fn flush_answered(&mut self, written: Written) -> Result<(), EngineError> {
+        let in_flight = self
+            .in_flight
+            .take()
+            .expect("the writer answers only the flush in flight");
+        let Written {
+            flush,
+            started,
+            result,
+        } = written;
+        let error = match result {
+            Ok(()) => {
+                self.landed(&flush, started);
+                return Ok(());
             }
+            Err(error) => error,
         };
-        let since = since.unwrap_or(started);
+        let config = self.engine.inner.config;
+        let since = in_flight.failing_since.unwrap_or(started);
         let transient = matches!(error, refill_store::StoreError::Backend(_));
         if !transient || since.elapsed() >= Duration::from_millis(config.flush_outage_max_ms) {
             return Err(error.into());
@@ -444,6 +526,9 @@ impl Worker {
             since.elapsed().as_secs()
         );
         metrics::counter!("refill_store_flush_failures_total").increment(1);
+        let backoff = in_flight
+            .backoff
+            .unwrap_or(Duration::from_millis(config.flush_retry_backoff_ms));
         self.failed = Some(FailedFlush {
             flush,
             since,
@@ -455,19 +540,16 @@ impl Worker {
 
     /// Writes the failed flush again once its backoff has passed.
     fn retry_failed_flush(&mut self) -> Result<(), EngineError> {
-        let due = self
-            .failed
-            .as_ref()
-            .is_some_and(|failed| Instant::now() >= failed.retry_at);
+        let due = self.in_flight.is_none()
+            && self
+                .failed
+                .as_ref()
+                .is_some_and(|failed| Instant::now() >= failed.retry_at);
         if !due {
             return Ok(());
         }
         let failed = self.failed.take().expect("checked above");
-        let (since, backoff) = (failed.since, failed.backoff);
-        self.try_write(failed.flush, Some(since))?;
-        if let Some(kept) = &mut self.failed {
-            kept.backoff = backoff.max(kept.backoff);
-        }
+        self.send_flush(failed.flush, Some(failed.since), Some(failed.backoff));
         Ok(())
     }
 

@@ -2,10 +2,14 @@
 //! the log and the store, and one syncer thread makes concurrent writes durable together
 //! (group commit), because one fsync costs milliseconds on the disks we run on.
 //!
-//! Layout (three fjall keyspaces):
+//! Layout (fjall keyspaces):
 //! - `meta`: `format` and `partitions`, each a big-endian `u32`, written at first open.
 //! - `log`: key = partition (`u32` BE) ++ offset (`u64` BE), value = the record bytes.
-//! - `store`: key = table name length (`u8`) ++ table name ++ key, value = the value bytes.
+//! - `table.<name>`, one per store table, created at its first use: the table's keys and
+//!   values, each key behind one byte [`KEY_TAG`] (fjall takes no empty key; the port does).
+//!   One keyspace a table, not one for all with the table name in every
+//!   key: shorter keys in every memtable, journal and table file, and smaller memtables to
+//!   search (format 1 had the one keyspace).
 //!
 //! Write path: callers enqueue a request and block on its answer. The syncer takes what is
 //! queued (up to [`GROUP_BYTES_MAX`]), assigns log offsets, writes everything as one fjall
@@ -17,12 +21,12 @@
 //! snapshot (published batches only) so they never see half a batch; `read` needs none, as it
 //! stops at the end offsets, which move only once the whole batch is applied.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,17 +37,22 @@ use crate::{Entry, Log, LogRecord, Store, StoreError, Write};
 /// The most payload bytes one group commit takes from the queue (it always takes at least
 /// one request): bounds the memory of one fjall batch and the latency of one commit.
 pub const GROUP_BYTES_MAX: usize = 64 << 20;
-/// The longest table name: its length is stored in one byte.
-pub const TABLE_NAME_BYTES_MAX: usize = u8::MAX as usize;
-/// The longest store key: fjall keys are at most 65,536 bytes, and ours carry the table name.
-pub const STORE_KEY_BYTES_MAX: usize = 65_536 - 1 - TABLE_NAME_BYTES_MAX;
+/// The longest table name: fjall names a keyspace in at most 255 bytes, ours with
+/// [`TABLE_KEYSPACE_PREFIX`] first.
+pub const TABLE_NAME_BYTES_MAX: usize = u8::MAX as usize - TABLE_KEYSPACE_PREFIX.len();
+/// The longest store key: fjall's bound (65,535 bytes) less [`KEY_TAG`].
+pub const STORE_KEY_BYTES_MAX: usize = 65_535 - 1;
+/// The byte before every store key in its table's keyspace.
+const KEY_TAG: u8 = 0;
+/// What a table's keyspace name starts with (the rest is the table name).
+pub const TABLE_KEYSPACE_PREFIX: &str = "table.";
 /// The largest record or value fjall takes.
 pub const VALUE_BYTES_MAX: usize = u32::MAX as usize;
 /// Records preallocated by one `read`, whatever `max` says.
 const READ_PREALLOCATE_MAX: usize = 4096;
 
 /// The on-disk layout this code writes and reads.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 const META_FORMAT: &[u8] = b"format";
 const META_PARTITIONS: &[u8] = b"partitions";
 const LOG_KEY_BYTES: usize = 12;
@@ -61,7 +70,8 @@ pub struct Embedded {
 struct Shared {
     db: Database,
     log: Keyspace,
-    store: Keyspace,
+    /// The store tables' keyspaces opened so far, by table name.
+    tables: RwLock<HashMap<&'static str, Keyspace>>,
     partitions: u32,
     queue: Mutex<Queue>,
     /// Signalled when a request is queued or the queue closes.
@@ -93,11 +103,14 @@ enum Request {
         answer: SyncSender<Result<u64, StoreError>>,
     },
     Write {
-        ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        ops: Vec<StoreOp>,
         bytes: usize,
         answer: SyncSender<Result<u64, StoreError>>,
     },
 }
+
+/// One store write of a group: table, key, and the value (`None`: delete).
+type StoreOp = (&'static str, Vec<u8>, Option<Vec<u8>>);
 
 impl Request {
     fn bytes(&self) -> usize {
@@ -127,9 +140,6 @@ impl Embedded {
         let log = db
             .keyspace("log", KeyspaceCreateOptions::default)
             .map_err(backend("open keyspace log"))?;
-        let store = db
-            .keyspace("store", KeyspaceCreateOptions::default)
-            .map_err(backend("open keyspace store"))?;
         check_or_write_meta(&db, &meta, partitions)?;
         let ends = (0..partitions)
             .map(|p| recover_end(&log, p).map(AtomicU64::new))
@@ -137,7 +147,7 @@ impl Embedded {
         let shared = Arc::new(Shared {
             db,
             log,
-            store,
+            tables: RwLock::new(HashMap::new()),
             partitions,
             queue: Mutex::new(Queue {
                 requests: VecDeque::new(),
@@ -330,7 +340,7 @@ impl Store for Embedded {
         let mut bytes = 0usize;
         let mut ops = Vec::with_capacity(writes.len());
         for write in writes {
-            let (key, value) = match write {
+            let (table, key, value) = match write {
                 Write::Put { table, key, value } => {
                     if value.len() > VALUE_BYTES_MAX {
                         return Err(StoreError::InvalidRequest(format!(
@@ -338,12 +348,13 @@ impl Store for Embedded {
                             value.len()
                         )));
                     }
-                    (store_key(table, &key)?, Some(value))
+                    (table, key, Some(value))
                 }
-                Write::Delete { table, key } => (store_key(table, &key)?, None),
+                Write::Delete { table, key } => (table, key, None),
             };
+            let key = store_key(table, &key)?;
             bytes = bytes.saturating_add(key.len() + value.as_ref().map_or(0, Vec::len));
-            ops.push((key, value));
+            ops.push((table, key, value));
         }
         let (answer, receive) = sync_channel(1);
         self.submit(Request::Write { ops, bytes, answer }, &receive)
@@ -352,12 +363,13 @@ impl Store for Embedded {
 
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = store_key(table, key)?;
+        let keyspace = self.shared.table(table)?;
         // Through a snapshot: a plain keyspace read could see half of a batch being applied.
         let value = self
             .shared
             .db
             .snapshot()
-            .get(&self.shared.store, &key)
+            .get(&keyspace, &key)
             .map_err(backend("get"))?;
         Ok(value.map(|v| v.to_vec()))
     }
@@ -369,34 +381,32 @@ impl Store for Embedded {
         start: &[u8],
         max: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let full_prefix = store_key(table, prefix)?;
-        let table_bytes = full_prefix.len() - prefix.len();
-        let full_start = store_key(table, start)?;
-        let lower = if full_start > full_prefix {
-            full_start
+        let prefix = store_key(table, prefix)?;
+        let start = store_key(table, start)?;
+        let lower = if start > prefix {
+            start
         } else {
-            full_prefix.clone()
+            prefix.clone()
         };
-        let upper = prefix_successor(&full_prefix).map_or(Bound::Unbounded, Bound::Excluded);
+        let upper = prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
         let mut out = Vec::new();
         if max == 0 {
             return Ok(out);
         }
+        let keyspace = self.shared.table(table)?;
         // Through a snapshot: a plain keyspace read could see half of a batch being applied.
         let snapshot = self.shared.db.snapshot();
-        for guard in
-            snapshot.range::<Vec<u8>, _>(&self.shared.store, (Bound::Included(lower), upper))
-        {
+        for guard in snapshot.range::<Vec<u8>, _>(&keyspace, (Bound::Included(lower), upper)) {
             let (key, value) = guard.into_inner().map_err(backend("scan"))?;
             // The bounds keep every key inside the prefix; a key outside it means the
             // iterator and our encoding disagree, which only corrupt data could cause.
-            if !key.starts_with(&full_prefix) {
+            if !key.starts_with(&prefix) {
                 return Err(StoreError::Corrupt(format!(
                     "expected scanned keys of table {table:?} to start with the prefix, found {:?}",
                     &key[..]
                 )));
             }
-            let user_key = &key[table_bytes..];
+            let user_key = &key[1..];
             out.push((user_key.to_vec(), value.to_vec()));
             if out.len() >= max {
                 break;
@@ -451,7 +461,7 @@ fn take_group(requests: &mut VecDeque<Request>) -> Vec<Request> {
 fn commit_group(shared: &Shared, next: &mut [u64], group: Vec<Request>) {
     let mut batch = shared.db.batch().durability(Some(PersistMode::SyncAll));
     // Store writes of the group, in the order they were asked for.
-    let mut store_ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut store_ops: Vec<StoreOp> = Vec::new();
     let mut answers = Vec::with_capacity(group.len());
     let mut moved = false;
     for request in group {
@@ -477,10 +487,22 @@ fn commit_group(shared: &Shared, next: &mut [u64], group: Vec<Request>) {
             }
         }
     }
-    for (key, value) in last_write_per_key_in_key_order(store_ops) {
+    let mut opened: Option<(&'static str, Keyspace)> = None;
+    for (table, key, value) in last_write_per_key_in_key_order(store_ops) {
+        // Sorted by table first, so each table's keyspace is looked up once per group.
+        let keyspace = match &opened {
+            Some((name, keyspace)) if *name == table => keyspace,
+            _ => match shared.table(table) {
+                Ok(keyspace) => &opened.insert((table, keyspace)).1,
+                Err(error) => {
+                    fail_group(shared, next, answers, &error.to_string());
+                    return;
+                }
+            },
+        };
         match value {
-            Some(value) => batch.insert(&shared.store, key, value),
-            None => batch.remove(&shared.store, key),
+            Some(value) => batch.insert(keyspace, key, value),
+            None => batch.remove(keyspace, key),
         }
     }
     match batch.commit() {
@@ -498,16 +520,22 @@ fn commit_group(shared: &Shared, next: &mut [u64], group: Vec<Request>) {
                 let _ = answer.send(Ok(first));
             }
         }
-        Err(e) => {
-            // Nothing of the batch was applied: offsets go back to the durable ends.
-            for (slot, end) in next.iter_mut().zip(shared.ends.iter()) {
-                *slot = end.load(Ordering::Acquire);
-            }
-            let message = format!("commit group: {e}");
-            for (answer, _) in answers {
-                let _ = answer.send(Err(StoreError::Backend(message.clone())));
-            }
-        }
+        Err(e) => fail_group(shared, next, answers, &format!("commit group: {e}")),
+    }
+}
+
+/// Answers a group that was not written: its offsets go back to the durable ends.
+fn fail_group(
+    shared: &Shared,
+    next: &mut [u64],
+    answers: Vec<(SyncSender<Result<u64, StoreError>>, u64)>,
+    message: &str,
+) {
+    for (slot, end) in next.iter_mut().zip(shared.ends.iter()) {
+        *slot = end.load(Ordering::Acquire);
+    }
+    for (answer, _) in answers {
+        let _ = answer.send(Err(StoreError::Backend(message.to_owned())));
     }
 }
 
@@ -518,15 +546,13 @@ fn commit_group(shared: &Shared, next: &mut [u64], group: Vec<Request>) {
 /// previous one just walked, which is in cache; in arrival order (random keys) every level
 /// of a large memtable is a cache miss, and those misses were a third of the engine's CPU
 /// under `refill-bench ingest`.
-fn last_write_per_key_in_key_order(
-    mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+fn last_write_per_key_in_key_order(mut ops: Vec<StoreOp>) -> Vec<StoreOp> {
     // Stable: equal keys stay in the order they were asked for, so the last is the newest.
-    ops.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(ops.len());
+    ops.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut out: Vec<StoreOp> = Vec::with_capacity(ops.len());
     for op in ops {
         match out.last_mut() {
-            Some(last) if last.0 == op.0 => *last = op,
+            Some(last) if last.0 == op.0 && last.1 == op.1 => *last = op,
             _ => out.push(op),
         }
     }
@@ -548,7 +574,9 @@ fn check_or_write_meta(db: &Database, meta: &Keyspace, partitions: u32) -> Resul
             let format = decode_u32("format", &format)?;
             if format != FORMAT_VERSION {
                 return Err(StoreError::Corrupt(format!(
-                    "expected format {FORMAT_VERSION}, found {format}"
+                    "expected a data folder of format {FORMAT_VERSION}, found format {format} \
+                     (written by another Refill version; this build cannot read it: start \
+                     with a new --data-dir)"
                 )));
             }
             let stored = decode_u32("partitions", &stored)?;
@@ -632,25 +660,51 @@ fn decode_log_key(partition: u32, key: &[u8]) -> Result<u64, StoreError> {
     ))
 }
 
-/// `table`'s length byte, `table`, then `key`.
+/// `key` as stored in `table`'s keyspace ([`KEY_TAG`] first), checked against fjall's bounds.
 fn store_key(table: &str, key: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let Ok(len) = u8::try_from(table.len()) else {
+    if table.is_empty() || table.len() > TABLE_NAME_BYTES_MAX {
         return Err(StoreError::InvalidRequest(format!(
-            "expected a table name of at most {TABLE_NAME_BYTES_MAX} bytes, found {} bytes",
+            "expected a table name of 1 to {TABLE_NAME_BYTES_MAX} bytes, found {} bytes",
             table.len()
         )));
-    };
+    }
     if key.len() > STORE_KEY_BYTES_MAX {
         return Err(StoreError::InvalidRequest(format!(
             "expected keys of at most {STORE_KEY_BYTES_MAX} bytes, found {}",
             key.len()
         )));
     }
-    let mut out = Vec::with_capacity(1 + table.len() + key.len());
-    out.push(len);
-    out.extend_from_slice(table.as_bytes());
+    let mut out = Vec::with_capacity(1 + key.len());
+    out.push(KEY_TAG);
     out.extend_from_slice(key);
     Ok(out)
+}
+
+impl Shared {
+    /// The keyspace of `table`, opened (and created) at its first use.
+    fn table(&self, table: &'static str) -> Result<Keyspace, StoreError> {
+        if let Some(keyspace) = self
+            .tables
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(table)
+        {
+            return Ok(keyspace.clone());
+        }
+        let mut tables = self.tables.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(keyspace) = tables.get(table) {
+            return Ok(keyspace.clone());
+        }
+        let keyspace = self
+            .db
+            .keyspace(
+                &format!("{TABLE_KEYSPACE_PREFIX}{table}"),
+                KeyspaceCreateOptions::default,
+            )
+            .map_err(|e| StoreError::Backend(format!("open the keyspace of table {table}: {e}")))?;
+        tables.insert(table, keyspace.clone());
+        Ok(keyspace)
+    }
 }
 
 /// The least key greater than every key starting with `prefix` (`None`: no such key).
@@ -681,11 +735,23 @@ mod tests {
 
     #[test]
     fn a_group_keeps_the_last_write_per_key_in_key_order() {
-        let put = |key: &[u8], value: u8| (key.to_vec(), Some(vec![value]));
-        let ops = vec![put(b"b", 1), put(b"a", 2), (b"b".to_vec(), None), put(b"c", 3), put(b"a", 4)];
+        let put = |key: &[u8], value: u8| ("t", key.to_vec(), Some(vec![value]));
+        let ops = vec![
+            put(b"b", 1),
+            put(b"a", 2),
+            ("t", b"b".to_vec(), None),
+            put(b"c", 3),
+            ("s", b"z".to_vec(), None),
+            put(b"a", 4),
+        ];
         assert_eq!(
             last_write_per_key_in_key_order(ops),
-            vec![put(b"a", 4), (b"b".to_vec(), None), put(b"c", 3)]
+            vec![
+                ("s", b"z".to_vec(), None),
+                put(b"a", 4),
+                ("t", b"b".to_vec(), None),
+                put(b"c", 3)
+            ]
         );
     }
 
@@ -712,14 +778,31 @@ mod tests {
     }
 
     #[test]
-    fn store_keys_keep_tables_apart() {
-        let a = store_key("t", b"1x").ok();
-        let b = store_key("t1", b"x").ok();
-        assert_ne!(a, b);
-        let long: &'static str = Box::leak("x".repeat(256).into_boxed_str());
+    fn tables_are_kept_apart_and_bad_names_refused() {
+        let dir = std::env::temp_dir().join(format!("refill-embedded-{}", std::process::id()));
+        let store = Embedded::open(&dir, 1).expect("open");
+        let put = |table: &'static str, key: &[u8], value: &[u8]| Write::Put {
+            table,
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        store
+            .write(vec![put("t", b"1x", b"a"), put("t1", b"x", b"b")])
+            .expect("write");
+        assert_eq!(store.get("t", b"1x").expect("get"), Some(b"a".to_vec()));
+        assert_eq!(store.get("t1", b"x").expect("get"), Some(b"b".to_vec()));
+        assert_eq!(store.get("t", b"x").expect("get"), None);
+        assert_eq!(store.scan("t1", b"", b"", 10).expect("scan").len(), 1);
+        let long: &'static str = Box::leak("x".repeat(TABLE_NAME_BYTES_MAX + 1).into_boxed_str());
         assert!(matches!(
-            store_key(long, b""),
+            store.get(long, b""),
             Err(StoreError::InvalidRequest(_))
         ));
+        assert!(matches!(
+            store.write(vec![put("", b"k", b"v")]),
+            Err(StoreError::InvalidRequest(_))
+        ));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
