@@ -48,6 +48,9 @@ const KEY_TAG: u8 = 0;
 pub const TABLE_KEYSPACE_PREFIX: &str = "table.";
 /// The largest record or value fjall takes.
 pub const VALUE_BYTES_MAX: usize = u32::MAX as usize;
+/// The most journal bytes the database keeps before it writes the oldest memtables to
+/// table files (and can drop the journal behind them).
+pub const JOURNAL_BYTES_MAX: u64 = 128 << 20;
 /// Records preallocated by one `read`, whatever `max` says.
 const READ_PREALLOCATE_MAX: usize = 4096;
 
@@ -131,7 +134,12 @@ impl Embedded {
                 "expected at least 1 partition, found 0".to_owned(),
             ));
         }
+        // The journal holds what is not yet in table files, and an open replays all of it:
+        // fjall's default allows 512 MiB (seconds of replay at start, seen in
+        // `refill-bench restart` once each table had its own memtable); a quarter of that
+        // keeps a restart quick at the cost of flushing memtables a little sooner.
         let db = Database::builder(dir)
+            .max_journaling_size(JOURNAL_BYTES_MAX)
             .open()
             .map_err(backend("open database"))?;
         let meta = db
