@@ -269,7 +269,7 @@ fn measure(
     };
 
     // The accounts, through the journal, then a stop that flushes them.
-    let (setup_commands, _setup_command_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let (setup_commands, _setup_command_receiver) = refill_ingest::engine::command_channel();
     let journal = Arc::new(KafkaLog::connect(kafka, &topics.journal, args.partitions)?);
     let setup = Engine::start(
         journal,
@@ -364,7 +364,7 @@ fn measure(
     // Refill's worker, as `refill ingest` runs it (store embedded, journal on Kafka), with
     // its command sink, and the recharger's Kafka loop (idle until the recharge part).
     let runtime = harness::server_runtime("kafka-roles")?;
-    let (commands, command_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let (commands, command_receiver) = refill_ingest::engine::command_channel();
     let _sink = runtime.block_on(async {
         refill_ingest::intake::spawn_command_sink(
             kafka,

@@ -92,6 +92,7 @@ impl From<EngineError> for ApiError {
                      refill.usage partition"
                 ),
             ),
+            EngineError::Busy { .. } => Self::unavailable("busy", error.to_string()),
             other => Self::unavailable("unavailable", other.to_string()),
         }
     }

@@ -18,6 +18,14 @@ pub mod wire;
 pub fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
+        "refill_ingest_reads_refused_total",
+        "Reads refused because a shard's request queue was full (HTTP 503, busy)."
+    );
+    describe_counter!(
+        "refill_ingest_commands_backpressure_total",
+        "Times a shard held off applying because the recharge-command queue was full."
+    );
+    describe_counter!(
         "refill_ingest_log_appends_total",
         "Log records appended (each durable before acknowledged)."
     );

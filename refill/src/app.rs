@@ -111,7 +111,7 @@ pub async fn start_with(
         "expected a log of {shards} partitions (one per shard), found {}",
         log.partitions()
     );
-    let (commands_tx, mut commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (commands_tx, mut commands_rx) = refill_ingest::engine::command_channel();
     let recharger_store = Arc::clone(&store);
     let config = EngineConfig { shards, ..config };
     let engine = tokio::task::spawn_blocking(move || {

@@ -69,7 +69,7 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
     let journal = KafkaLog::connect(&args.kafka, &topics.journal, partitions)
         .with_context(|| format!("cannot use the journal topic {}", topics.journal))?;
     let store = refill::app::open_cql_store(&args.store, &args.keyspace)?;
-    let (commands, command_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let (commands, command_receiver) = refill_ingest::engine::command_channel();
     let accounts = refill::app::account_store_for(&args.store, &args.keyspace, &store)?;
     let engine = Engine::create(
         Arc::new(journal),

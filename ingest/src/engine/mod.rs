@@ -61,7 +61,34 @@ pub enum EngineError {
     /// A stored record or snapshot does not decode.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The shard's queue of reads is full: the shard is behind; send the request again.
+    #[error(
+        "expected room in shard {shard}'s queue of {WAKE_QUEUE_MAX} requests, found it full \
+         (the shard is behind); retry shortly"
+    )]
+    Busy {
+        /// The shard.
+        shard: u32,
+    },
 }
+
+/// Recharge commands waiting for the recharger (or the Kafka sink) across all shards. A
+/// shard whose new commands do not fit keeps them and applies nothing more until they do,
+/// so a recharger that falls behind slows the intake instead of growing a queue.
+pub const RECHARGE_COMMANDS_MAX: usize = 65_536;
+
+/// Where the shards send their recharge commands (bounded by [`RECHARGE_COMMANDS_MAX`]).
+pub type CommandSender = tokio::sync::mpsc::Sender<RechargeCommand>;
+
+/// The channel of recharge commands, with its bound.
+pub fn command_channel() -> (CommandSender, tokio::sync::mpsc::Receiver<RechargeCommand>) {
+    tokio::sync::mpsc::channel(RECHARGE_COMMANDS_MAX)
+}
+
+/// Messages (reads, wake-ups) waiting for one shard's worker. A full queue refuses reads
+/// with [`EngineError::Busy`] (HTTP 503 with `Retry-After`) and drops wake-ups (the worker
+/// already has one pending, and applies everything durable when it wakes).
+pub const WAKE_QUEUE_MAX: usize = 1_024;
 
 /// Settings of the engine.
 #[derive(Clone, Copy, Debug)]
@@ -160,6 +187,21 @@ enum Wake {
     Stop,
 }
 
+impl ShardLane {
+    /// Queues a read for the worker, or refuses it when the queue is full.
+    fn queue_read(&self, shard: u32, job: ReadJob) -> Result<(), EngineError> {
+        self.wake
+            .try_send(Wake::Read(job))
+            .map_err(|error| match error {
+                crossbeam_channel::TrySendError::Full(_) => {
+                    metrics::counter!("refill_ingest_reads_refused_total").increment(1);
+                    EngineError::Busy { shard }
+                }
+                crossbeam_channel::TrySendError::Disconnected(_) => EngineError::Stopped { shard },
+            })
+    }
+}
+
 struct ShardLane {
     wake: Sender<Wake>,
     wake_receiver: Receiver<Wake>,
@@ -184,7 +226,7 @@ struct Inner {
     config: EngineConfig,
     lanes: Vec<ShardLane>,
     balances: Balances,
-    commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
+    commands: CommandSender,
 }
 
 /// The current wall-clock time, the only clock reading of the engine.
@@ -203,7 +245,7 @@ impl Engine {
         store: Arc<dyn Store>,
         accounts: Arc<dyn AccountStore>,
         config: EngineConfig,
-        commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
+        commands: CommandSender,
     ) -> Result<Engine, EngineError> {
         let engine = Engine::create(log, store, accounts, config, commands);
         for shard in 0..config.shards {
@@ -218,7 +260,7 @@ impl Engine {
         store: Arc<dyn Store>,
         accounts: Arc<dyn AccountStore>,
         config: EngineConfig,
-        commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
+        commands: CommandSender,
     ) -> Engine {
         assert_eq!(
             log.partitions(),
@@ -227,7 +269,7 @@ impl Engine {
         );
         let lanes = (0..config.shards)
             .map(|_| {
-                let (wake, wake_receiver) = crossbeam_channel::unbounded();
+                let (wake, wake_receiver) = crossbeam_channel::bounded(WAKE_QUEUE_MAX);
                 ShardLane {
                     wake,
                     wake_receiver,
@@ -391,10 +433,13 @@ impl Engine {
         let record = postcard::to_stdvec(batch).expect("serializing to memory cannot fail");
         let offset = self.inner.log.append(shard, &[&record])?;
         metrics::counter!("refill_ingest_log_appends_total").increment(1);
-        lane.wake
-            .send(Wake::Appended)
-            .map_err(|_| EngineError::Stopped { shard })?;
-        Ok(offset)
+        match lane.wake.try_send(Wake::Appended) {
+            // Full: a wake-up is already pending, and it applies this record too.
+            Ok(()) | Err(crossbeam_channel::TrySendError::Full(_)) => Ok(offset),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                Err(EngineError::Stopped { shard })
+            }
+        }
     }
 
     /// Appends a batch and waits until the shard applied it.
@@ -451,10 +496,7 @@ impl Engine {
         let wrapped: ReadJob = Box::new(move |view: &ShardView<'_>| {
             let _ = sender.send(job(view.shard));
         });
-        self.lane(shard)?
-            .wake
-            .send(Wake::Read(wrapped))
-            .map_err(|_| EngineError::Stopped { shard })?;
+        self.lane(shard)?.queue_read(shard, wrapped)?;
         receiver.await.map_err(|_| EngineError::Stopped { shard })
     }
 
@@ -471,10 +513,7 @@ impl Engine {
         let wrapped: ReadJob = Box::new(move |view: &ShardView<'_>| {
             let _ = sender.send(job(view));
         });
-        self.lane(shard)?
-            .wake
-            .send(Wake::Read(wrapped))
-            .map_err(|_| EngineError::Stopped { shard })?;
+        self.lane(shard)?.queue_read(shard, wrapped)?;
         receiver.await.map_err(|_| EngineError::Stopped { shard })
     }
 

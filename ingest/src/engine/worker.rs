@@ -18,7 +18,9 @@ use refill_ledger::{Input, Shard};
 use refill_store::Flush;
 
 use super::flusher::{FlushWriter, Retries, Written};
-use super::{Applied, Engine, EngineError, LogBatch, ShardView, SourceMarks, Wake, now};
+use super::{
+    Applied, CommandSender, Engine, EngineError, LogBatch, ShardView, SourceMarks, Wake, now,
+};
 use crate::rows::{self, BatchOffsets};
 
 /// One shard's single writer.
@@ -27,7 +29,10 @@ pub(super) struct Worker {
     shard_index: u32,
     shard: Shard,
     next_offset: u64,
-    commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
+    commands: CommandSender,
+    /// Commands the bounded channel had no room for yet, oldest first: the shard applies
+    /// nothing more until they are sent.
+    unsent_commands: std::collections::VecDeque<RechargeCommand>,
     effects: Effects,
     sources: Option<SourceMarks>,
     offsets: BatchOffsets,
@@ -88,7 +93,7 @@ impl Worker {
     pub(super) fn open(
         engine: Engine,
         shard_index: u32,
-        commands: tokio::sync::mpsc::UnboundedSender<RechargeCommand>,
+        commands: CommandSender,
     ) -> Result<Worker, EngineError> {
         let started = Instant::now();
         let inner = &engine.inner;
@@ -119,6 +124,7 @@ impl Worker {
             shard_index,
             next_offset,
             commands,
+            unsent_commands: std::collections::VecDeque::new(),
             effects: Effects::default(),
             sources,
             offsets,
@@ -155,9 +161,10 @@ impl Worker {
         worker.publish_balances(&handles);
         worker.apply_all()?;
         // Commands in flight at the crash are published again; the recharger applies each id once.
-        for command in worker.shard.in_flight_commands() {
-            let _ = worker.commands.send(command);
-        }
+        // Sent from the worker's loop once the recharger runs (it starts after the engine).
+        worker
+            .unsent_commands
+            .extend(worker.shard.in_flight_commands());
         metrics::histogram!("refill_ingest_restore_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(worker)
@@ -181,10 +188,16 @@ impl Worker {
             .min(tick_interval)
             .min(Duration::from_millis(500));
         loop {
+            // Commands waiting for room are tried again soon, not at the next poll.
+            let wait = if self.unsent_commands.is_empty() {
+                poll
+            } else {
+                Duration::from_millis(5)
+            };
             let received = crossbeam_channel::select! {
                 recv(wake) -> message => Received::Wake(message.ok()),
                 recv(self.writer.answers()) -> written => Received::Written(written.ok().map(Box::new)),
-                default(poll) => Received::Timeout,
+                default(wait) => Received::Timeout,
             };
             let result = match received {
                 Received::Wake(Some(Wake::Stop)) => {
@@ -334,6 +347,11 @@ impl Worker {
     /// Applies the records available now; returns how many.
     fn apply_available(&mut self) -> Result<usize, EngineError> {
         let inner = Arc::clone(&self.engine.inner);
+        if !self.send_commands() {
+            // The recharger is behind: the log keeps accepting, the shard waits.
+            metrics::counter!("refill_ingest_commands_backpressure_total").increment(1);
+            return Ok(0);
+        }
         if (self.failed.is_some() || self.in_flight.is_some())
             && self.unflushed_entries.len() + self.unflushed_attempts.len()
                 >= inner.config.unflushed_rows_max
@@ -387,9 +405,8 @@ impl Worker {
             self.effects.changed = changed;
             self.unflushed_entries.append(&mut self.effects.entries);
             self.unflushed_attempts.append(&mut self.effects.attempts);
-            for command in &self.effects.commands {
-                let _ = self.commands.send(command.clone());
-            }
+            self.unsent_commands
+                .extend(self.effects.commands.iter().cloned());
             if let Some(flush) = self.effects.flush.take() {
                 // Its rows are what the shard holds now; the writer makes them durable
                 // while the shard goes on (the checkpoint, last, says how far they reach).
@@ -416,6 +433,25 @@ impl Worker {
             }
         }
         Ok(records.len())
+    }
+
+    /// Sends the unsent commands while the channel has room; `true` once none is left.
+    fn send_commands(&mut self) -> bool {
+        while let Some(command) = self.unsent_commands.pop_front() {
+            match self.commands.try_send(command) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(command)) => {
+                    self.unsent_commands.push_front(command);
+                    return false;
+                }
+                // No recharger (a test, or the process is stopping): the commands stay in
+                // flight in the shard and are published again at the next start.
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    self.unsent_commands.clear();
+                }
+            }
+        }
+        true
     }
 
     fn count_effects(&self) {

@@ -20,7 +20,7 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub fn spawn_command_sink(
     bootstrap: &str,
     topic: &str,
-    mut commands: tokio::sync::mpsc::UnboundedReceiver<RechargeCommand>,
+    mut commands: tokio::sync::mpsc::Receiver<RechargeCommand>,
 ) -> Result<tokio::task::JoinHandle<()>, IntakeError> {
     let producer: FutureProducer = refill_store_kafka::keyed_producer_config(
         bootstrap,

@@ -924,7 +924,7 @@ async fn reads_of_accounts_another_worker_owns_come_from_the_store() {
         })
         .await;
     // A second worker over the same store that owns no shard.
-    let (commands, _receiver) = tokio::sync::mpsc::unbounded_channel();
+    let (commands, _receiver) = refill_ingest::engine::command_channel();
     let other = refill_ingest::engine::Engine::create(
         embedded.clone(),
         embedded.clone(),
