@@ -34,6 +34,10 @@ use crate::input::Input;
 use crate::rejection::Rejection;
 use crate::time::TimestampMs;
 
+/// Changed customers listed before the list is compacted instead of grown (see
+/// `Shard::mark_customer_dirty`).
+const DIRTY_COMPACT_MIN: usize = 1_024;
+
 /// Settings of a shard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardConfig {
@@ -164,8 +168,25 @@ impl Shard {
             | Input::Flush => return,
         };
         if let Some(index) = self.customer_number(customer.as_str()) {
-            self.dirty_customers.push(index);
+            self.mark_customer_dirty(index);
         }
+    }
+
+    /// Marks a customer changed since the last flush. A command marks its customer twice
+    /// or more (creating it, then for the command), and a flush apart can be millions of
+    /// commands, so repeats in a row are skipped and a full list is compacted (sorted,
+    /// repeats dropped) before it grows: it holds at most twice the customers changed.
+    /// Its order means nothing: the flush and snapshots sort it.
+    fn mark_customer_dirty(&mut self, index: u32) {
+        let dirty = &mut self.dirty_customers;
+        if dirty.last() == Some(&index) {
+            return;
+        }
+        if dirty.len() == dirty.capacity() && dirty.len() >= DIRTY_COMPACT_MIN {
+            dirty.sort_unstable();
+            dirty.dedup();
+        }
+        dirty.push(index);
     }
 
     fn apply_command(
@@ -326,7 +347,7 @@ impl Shard {
         } else {
             customer.details_mut().more_accounts.push(account);
         }
-        self.dirty_customers.push(customer_index);
+        self.mark_customer_dirty(customer_index);
         self.accounts
             .push(Account::new(customer_index, credit_type));
         account
@@ -354,7 +375,7 @@ impl Shard {
             u32::try_from(self.customers.len()).expect("fewer than 2^32 customers per shard");
         self.customers.push(Customer::new(id.clone()));
         self.customer_index.insert(id.clone(), hash, index);
-        self.dirty_customers.push(index);
+        self.mark_customer_dirty(index);
         index
     }
 
