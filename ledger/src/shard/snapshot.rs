@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::customer::{CustomerRow, CustomerRowRef};
+use super::customer::CustomerRow;
 use super::flush::Parts;
 use super::{Shard, ShardConfig};
 use crate::account::Account;
@@ -42,13 +42,24 @@ struct SnapshotV2Ref<'a> {
     clock: TimestampMs,
     batch: u64,
     catalog: CatalogParts,
-    customers: Vec<CustomerRowRef<'a>>,
+    customers: CustomersRef<'a>,
     accounts: &'a [Account],
     dedup: DedupParts,
     flush_batch: u64,
     flush_number: u64,
     dirty_accounts: &'a [u32],
     dirty_customers: Vec<u32>,
+}
+
+/// Every customer's row, made one at a time as the snapshot is written (never all at once).
+struct CustomersRef<'a>(&'a Shard);
+
+impl Serialize for CustomersRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let shard = self.0;
+        let count = u32::try_from(shard.customers.len()).expect("fewer than 2^32 customers");
+        serializer.collect_seq((0..count).map(|index| shard.customer_row(index)))
+    }
 }
 
 /// A snapshot as it is read (see [`SnapshotV2Ref`]).
@@ -83,10 +94,7 @@ impl Shard {
             clock: self.clock,
             batch: self.batch,
             catalog: self.catalog.to_parts(),
-            customers: (0_u32..)
-                .zip(&self.customers)
-                .map(|(index, _)| self.customer_row(index))
-                .collect(),
+            customers: CustomersRef(self),
             accounts: &self.accounts,
             dedup: self.dedup.to_parts(),
             flush_batch: self.flush_batch,
