@@ -63,6 +63,8 @@ pub struct MemoryReport {
     pub snapshot_bytes: u64,
     /// Resident set growth while filling the engine's balance table with every account.
     pub balance_table_bytes: u64,
+    /// The balance table's heap bytes from its capacities (`Balances::allocated_bytes`).
+    pub balance_table_allocated_bytes: u64,
     /// Creating the accounts (not a target).
     pub create: Duration,
     /// Peak resident set (`VmHWM`).
@@ -77,6 +79,11 @@ impl MemoryReport {
     /// RSS growth per account: the headline figure.
     pub fn bytes_per_idle_account(&self) -> f64 {
         self.per_account(self.rss_after.saturating_sub(self.rss_before))
+    }
+
+    /// Shard RSS growth plus the balance table's allocated bytes, per account.
+    pub fn with_balance_table(&self) -> f64 {
+        self.bytes_per_idle_account() + self.per_account(self.balance_table_allocated_bytes)
     }
 
     /// The readable table.
@@ -108,7 +115,7 @@ impl MemoryReport {
                     "{:.1}",
                     self.per_account(self.rss_after.saturating_sub(self.rss_customers))
                 ),
-                "the grant: account, grant, boxed details with its idempotency key",
+                "the grant: account with the grant inline, its idempotency key in the shard's table",
             )
             .row(
                 "RSS before / customers / after",
@@ -134,10 +141,20 @@ impl MemoryReport {
                 "RSS growth filling the engine's Balances; on top of the shard in the engine",
             )
             .row(
+                "  from its capacities",
+                format!("{:.1}", self.per_account(self.balance_table_allocated_bytes)),
+                "index buckets and cell chunks (RSS growth can reuse memory the shard freed)",
+            )
+            .row(
+                "shard + balance table per account",
+                format!("{:.1}", self.with_balance_table()),
+                "what the engine holds per idle account",
+            )
+            .row(
                 "size_of Account / Customer",
                 format!("{} / {}", size_of::<Account>(), size_of::<Customer>()),
                 &format!(
-                    "inline bytes; CustomerDetails (boxed, holds the grant key) {}",
+                    "inline bytes; CustomerDetails (boxed on demand: email, more accounts, subscriptions) {}",
                     size_of::<CustomerDetails>()
                 ),
             )
@@ -149,7 +166,7 @@ impl MemoryReport {
                         .map_or_else(|| "n/a".to_owned(), report::mib),
                     self.peak_rss.map_or_else(|| "n/a".to_owned(), report::mib)
                 ),
-                "Shard::snapshot clones customers and accounts first",
+                "Shard::snapshot encodes from the state (one customer row at a time)",
             )
             .row(
                 "create (untimed target)",
@@ -169,6 +186,8 @@ impl MemoryReport {
             "measured_as": "rss_growth",
             "snapshot_bytes_per_account": round(self.per_account(self.snapshot_bytes), 1),
             "balance_table_bytes_per_account": round(self.per_account(self.balance_table_bytes), 1),
+            "balance_table_allocated_bytes_per_account": round(self.per_account(self.balance_table_allocated_bytes), 1),
+            "with_balance_table_bytes_per_idle_account": round(self.with_balance_table(), 1),
             "size_of_account": size_of::<Account>(),
             "size_of_customer": size_of::<Customer>(),
             "size_of_customer_details": size_of::<CustomerDetails>(),
@@ -265,6 +284,7 @@ pub fn run(args: &MemoryArgs) -> anyhow::Result<MemoryReport> {
         );
     }
     let balance_table_bytes = rss()?.saturating_sub(table_before);
+    let balance_table_allocated_bytes = table.allocated_bytes() as u64;
     ensure!(table.len() == args.accounts as usize, "balance table size");
     drop(table);
 
@@ -279,6 +299,7 @@ pub fn run(args: &MemoryArgs) -> anyhow::Result<MemoryReport> {
         snapshot_bytes,
         peak_before_snapshot,
         balance_table_bytes,
+        balance_table_allocated_bytes,
         create,
         peak_rss: report::peak_rss_bytes(),
     })

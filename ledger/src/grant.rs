@@ -1,8 +1,6 @@
 //! Grants: blocks of credits with a priority and an optional expiry, burned down in a
 //! fixed order: priority (lower first), then soonest expiry (none last), then oldest.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::amount::Credits;
@@ -101,131 +99,60 @@ pub fn burn_down(grants: &mut Vec<Grant>, credits: Credits) -> Credits {
     Credits::from_micros(left)
 }
 
-/// Live grants in burn order, as an account holds them: the usual single grant inline, so
-/// burning it reads a line of the account rather than a heap block the account points to
-/// (one dependent cache miss less per usage event); two or more on the heap. Which form
-/// holds them is invisible: everything reads them as one slice.
-#[derive(Clone)]
-pub(crate) enum GrantList {
-    /// No grant or one.
-    Inline(Option<Grant>),
-    /// Two or more.
-    Heap(Vec<Grant>),
+/// A grant as an account holds its only live grant, inline, so burning it reads a line
+/// of the account rather than a heap block the account points to: every field of
+/// [`Grant`] but its cost (kept with the account's rarely used fields), in 48 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct InlineGrant {
+    /// First: the field the hot path reads and writes.
+    pub remaining: Credits,
+    pub amount: Credits,
+    pub id: GrantId,
+    pub granted_at: TimestampMs,
+    /// [`NEVER`] for none.
+    pub expires_at: TimestampMs,
+    pub priority: u32,
+    pub kind: GrantKind,
+    pub source: GrantSource,
 }
 
-impl Default for GrantList {
-    fn default() -> Self {
-        Self::Inline(None)
-    }
-}
+/// The `expires_at` of an inline grant that never expires: no grant can expire at the
+/// first instant, as an expiry must come after the time it was granted.
+const NEVER: TimestampMs = TimestampMs(i64::MIN);
 
-impl GrantList {
-    /// From grants already in burn order.
-    pub fn from_vec(mut grants: Vec<Grant>) -> Self {
-        if grants.len() <= 1 {
-            Self::Inline(grants.pop())
-        } else {
-            Self::Heap(grants)
+impl InlineGrant {
+    /// The grant inline, and its cost; `None` for a grant whose expiry is the one
+    /// instant that stands for none (it stays on the heap).
+    pub fn split(grant: &Grant) -> Option<(Self, Option<Money>)> {
+        if grant.expires_at == Some(NEVER) {
+            return None;
         }
+        let inline = Self {
+            remaining: grant.remaining,
+            amount: grant.amount,
+            id: grant.id,
+            granted_at: grant.granted_at,
+            expires_at: grant.expires_at.unwrap_or(NEVER),
+            priority: grant.priority,
+            kind: grant.kind,
+            source: grant.source,
+        };
+        Some((inline, grant.cost))
     }
 
-    /// The grants in burn order.
-    #[inline]
-    pub fn as_slice(&self) -> &[Grant] {
-        match self {
-            Self::Inline(grant) => grant.as_slice(),
-            Self::Heap(grants) => grants,
+    /// The whole grant, with its cost.
+    pub fn join(&self, cost: Option<Money>) -> Grant {
+        Grant {
+            id: self.id,
+            kind: self.kind,
+            source: self.source,
+            priority: self.priority,
+            expires_at: (self.expires_at != NEVER).then_some(self.expires_at),
+            granted_at: self.granted_at,
+            amount: self.amount,
+            remaining: self.remaining,
+            cost,
         }
-    }
-
-    /// Whether no grant is live.
-    pub fn is_empty(&self) -> bool {
-        self.as_slice().is_empty()
-    }
-
-    /// Inserts `grant` at its place in burn order.
-    pub fn insert(&mut self, grant: Grant) {
-        match self {
-            Self::Inline(None) => *self = Self::Inline(Some(grant)),
-            Self::Inline(Some(_)) => {
-                let Self::Inline(Some(first)) = std::mem::take(self) else {
-                    unreachable!("matched above");
-                };
-                let mut grants = Vec::with_capacity(2);
-                grants.push(first);
-                insert_in_burn_order(&mut grants, grant);
-                *self = Self::Heap(grants);
-            }
-            Self::Heap(grants) => insert_in_burn_order(grants, grant),
-        }
-    }
-
-    /// Burns up to `credits` in burn order, dropping the grants it empties; returns what
-    /// it could not cover. Same rule as [`burn_down`].
-    #[inline]
-    pub fn burn(&mut self, credits: Credits) -> Credits {
-        match self {
-            Self::Inline(None) => credits,
-            Self::Inline(Some(grant)) => {
-                debug_assert!(!credits.is_negative(), "burns are never negative");
-                let take = grant.remaining.micros().min(credits.micros());
-                grant.remaining = Credits::from_micros(grant.remaining.micros() - take);
-                if grant.remaining.is_zero() {
-                    *self = Self::Inline(None);
-                }
-                Credits::from_micros(credits.micros() - take)
-            }
-            Self::Heap(grants) => {
-                let uncovered = burn_down(grants, credits);
-                self.settle();
-                uncovered
-            }
-        }
-    }
-
-    /// Removes a live grant by id and returns it.
-    pub fn remove(&mut self, id: GrantId) -> Option<Grant> {
-        match self {
-            Self::Inline(grant) => grant.take_if(|grant| grant.id == id),
-            Self::Heap(grants) => {
-                let at = grants.iter().position(|grant| grant.id == id)?;
-                let grant = grants.remove(at);
-                self.settle();
-                Some(grant)
-            }
-        }
-    }
-
-    /// Reads the first grant's remainder, to bring its line into the cache; the value
-    /// means nothing.
-    #[inline]
-    pub fn touch(&self) -> u64 {
-        self.as_slice()
-            .first()
-            .map_or(0, |grant| grant.remaining.micros().cast_unsigned())
-    }
-
-    /// Moves one grant left on the heap back inline.
-    fn settle(&mut self) {
-        if let Self::Heap(grants) = self
-            && grants.len() <= 1
-        {
-            *self = Self::Inline(grants.pop());
-        }
-    }
-}
-
-impl PartialEq for GrantList {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for GrantList {}
-
-impl fmt::Debug for GrantList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.as_slice()).finish()
     }
 }
 
@@ -279,34 +206,18 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_list_burns_and_orders_like_the_vec() {
-        let grants = [
-            grant(1, 5, None, 10),
-            grant(2, 1, None, 10),
-            grant(3, 1, Some(50), 10),
-        ];
-        let mut list = GrantList::default();
-        let mut vec = Vec::new();
-        for g in grants {
-            list.insert(g.clone());
-            insert_in_burn_order(&mut vec, g);
-            assert_eq!(list.as_slice(), vec.as_slice());
+    fn an_inline_grant_holds_every_field_but_its_cost() {
+        let mut with_expiry = grant(7, 3, Some(50), 10);
+        with_expiry.cost = Some(Money {
+            minor_units: 5,
+            currency: crate::money::Currency::USD,
+        });
+        for whole in [with_expiry, grant(8, 1, None, 4)] {
+            let (inline, cost) = InlineGrant::split(&whole).expect("inline");
+            assert_eq!(inline.join(cost), whole);
         }
-        for burn in [3, 9, 0, 12, 4, 5] {
-            let credits = Credits::from_micros(burn);
-            assert_eq!(list.burn(credits), burn_down(&mut vec, credits));
-            assert_eq!(list.as_slice(), vec.as_slice());
-        }
-        assert!(matches!(list, GrantList::Inline(None)), "emptied inline");
-        list.insert(grant(4, 1, None, 10));
-        list.insert(grant(5, 1, None, 10));
-        assert_eq!(list.remove(GrantId(4)).map(|g| g.id), Some(GrantId(4)));
-        assert!(
-            matches!(list, GrantList::Inline(Some(_))),
-            "one left, inline"
-        );
-        assert_eq!(list.remove(GrantId(4)), None);
-        assert_eq!(list.remove(GrantId(5)).map(|g| g.id), Some(GrantId(5)));
-        assert!(list.is_empty());
+        assert_eq!(InlineGrant::split(&grant(9, 1, Some(i64::MIN), 4)), None);
+        assert_eq!(size_of::<InlineGrant>(), 48);
+        assert_eq!(size_of::<Option<InlineGrant>>(), 48);
     }
 }

@@ -1,6 +1,8 @@
 //! Everything but usage that a client asks of an account: customers, grants, voids,
 //! subscriptions and auto-recharge settings. Each either applies whole or is rejected.
 
+use compact_str::CompactString;
+
 use super::{Shard, Subscription};
 use crate::amount::Credits;
 use crate::autorecharge::{AutoRechargeSettings, PauseReason, new_state};
@@ -9,7 +11,7 @@ use crate::effects::{
     Reference,
 };
 use crate::grant::{DEFAULT_GRANT_PRIORITY, Grant, GrantKind, GrantSource};
-use crate::ids::{CommandId, CreditTypeId, CustomerId, GrantId};
+use crate::ids::{CommandId, CreditTypeId, CustomerId, GrantId, IdempotencyKey};
 use crate::input::{CustomerUpdate, GrantRequest, SubscribeRequest};
 use crate::money::Money;
 use crate::rejection::Rejection;
@@ -36,14 +38,11 @@ impl Shard {
     ) {
         let customer_index = self.customer_for(&update.id);
         let customer = &mut self.customers[customer_index as usize];
-        if update.name.is_some() || update.email.is_some() {
-            let details = customer.details.get_or_insert_with(Box::default);
-            if update.name.is_some() {
-                details.name.clone_from(&update.name);
-            }
-            if update.email.is_some() {
-                details.email.clone_from(&update.email);
-            }
+        if let Some(name) = &update.name {
+            customer.name = Some(CompactString::from(name.as_str()));
+        }
+        if update.email.is_some() {
+            customer.details_mut().email.clone_from(&update.email);
         }
         let Some(new_method) = &update.payment_method else {
             return;
@@ -53,12 +52,7 @@ impl Shard {
         }
         customer.payment_method = Some(new_method.clone());
         // A new default payment method resumes accounts paused by a decline on the default.
-        let accounts: Vec<u32> = customer
-            .accounts
-            .iter()
-            .map(|&(_, account)| account)
-            .collect();
-        for account_index in accounts {
+        for account_index in self.accounts_of_customer(customer_index) {
             let Some(auto) = self.accounts[account_index as usize].auto.as_deref_mut() else {
                 continue;
             };
@@ -83,11 +77,7 @@ impl Shard {
     ) -> Result<(), Rejection> {
         let customer_index = self.existing_customer(&request.customer)?;
         let credit_type = self.existing_credit_type(&request.credit_type)?;
-        if let Some(&(account, grant)) = self.customers[customer_index as usize]
-            .details
-            .as_ref()
-            .and_then(|details| details.grant_keys.get(&request.idempotency_key))
-        {
+        if let Some((account, grant)) = self.grant_key(customer_index, &request.idempotency_key) {
             fx.outcomes.push((
                 index,
                 Outcome::GrantReplayed {
@@ -134,11 +124,11 @@ impl Shard {
             now,
             fx,
         )?;
-        self.customers[customer_index as usize]
-            .details
-            .get_or_insert_with(Box::default)
-            .grant_keys
-            .insert(request.idempotency_key.clone(), (account_index, grant));
+        self.record_grant_key(
+            customer_index,
+            &request.idempotency_key,
+            (account_index, grant),
+        );
         fx.outcomes.push((
             index,
             Outcome::GrantCreated {
@@ -157,11 +147,7 @@ impl Shard {
         fx: &mut Effects,
     ) -> Result<(), Rejection> {
         let customer_index = self.existing_customer(&request.customer)?;
-        if let Some(&(account, grant)) = self.customers[customer_index as usize]
-            .details
-            .as_ref()
-            .and_then(|details| details.grant_keys.get(&request.idempotency_key))
-        {
+        if let Some((account, grant)) = self.grant_key(customer_index, &request.idempotency_key) {
             fx.outcomes.push((
                 index,
                 Outcome::GrantReplayed {
@@ -212,20 +198,22 @@ impl Shard {
             now,
             fx,
         )?;
-        let details = self.customers[customer_index as usize]
-            .details
-            .get_or_insert_with(Box::default);
-        details
-            .grant_keys
-            .insert(request.idempotency_key.clone(), (account_index, grant));
-        details.subscriptions.insert(
-            plan.product.clone(),
-            Subscription {
-                plan: plan.id.clone(),
-                started_at: now,
-                grant,
-            },
+        self.record_grant_key(
+            customer_index,
+            &request.idempotency_key,
+            (account_index, grant),
         );
+        self.customers[customer_index as usize]
+            .details_mut()
+            .subscriptions
+            .insert(
+                plan.product.clone(),
+                Subscription {
+                    plan: plan.id.clone(),
+                    started_at: now,
+                    grant,
+                },
+            );
         fx.outcomes.push((
             index,
             Outcome::GrantCreated {
@@ -249,16 +237,12 @@ impl Shard {
         if grant.0 == 0 || grant.0 >= record.next_grant {
             return Err(Rejection::UnknownGrant(grant.to_string()));
         }
-        let owner = record
-            .accounts
-            .iter()
-            .map(|&(_, account)| account)
-            .find(|&account| {
-                self.accounts[account as usize]
-                    .grants()
-                    .iter()
-                    .any(|live| live.id == grant)
-            });
+        let owner = record.account_indexes().find(|&account| {
+            self.accounts[account as usize]
+                .grants()
+                .iter()
+                .any(|live| live.id == grant)
+        });
         let Some(account_index) = owner else {
             return Err(Rejection::Conflict {
                 field: "grant",
@@ -403,6 +387,31 @@ impl Shard {
         }
         self.touch(account_index);
         Ok(id)
+    }
+
+    /// What a grant idempotency key of the customer made, if it was seen.
+    fn grant_key(&self, customer_index: u32, key: &IdempotencyKey) -> Option<(u32, GrantId)> {
+        let accounts = &self.accounts;
+        self.grant_keys.get(customer_index, key, |account| {
+            accounts[account as usize].customer
+        })
+    }
+
+    /// Records a grant idempotency key not seen before for the customer.
+    fn record_grant_key(
+        &mut self,
+        customer_index: u32,
+        key: &IdempotencyKey,
+        made: (u32, GrantId),
+    ) {
+        let accounts = &self.accounts;
+        self.grant_keys.insert(
+            customer_index,
+            &mut self.customers[customer_index as usize].grant_keys,
+            key.clone(),
+            made,
+            |account| accounts[account as usize].customer,
+        );
     }
 
     pub(super) fn existing_customer(&self, id: &CustomerId) -> Result<u32, Rejection> {

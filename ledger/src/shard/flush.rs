@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::customer::{CustomerRow, CustomerRowRef};
+use super::grant_keys::GrantKeys;
 use super::index::CustomerIndex;
 use super::{Customer, Shard, ShardConfig, SnapshotError};
 use crate::account::Account;
@@ -148,9 +150,16 @@ impl Shard {
     /// The exact state of one customer, as its state row keeps it.
     pub fn customer_state(&self, index: u32) -> Vec<u8> {
         versioned(
-            postcard::to_stdvec(self.customer_at(index))
+            postcard::to_stdvec(&self.customer_row(index))
                 .expect("serializing to memory cannot fail"),
         )
+    }
+
+    /// The customer at `index` in the shape its state row and snapshots write.
+    pub(super) fn customer_row(&self, index: u32) -> CustomerRowRef<'_> {
+        CustomerRowRef::new(self.customer_at(index), &self.grant_keys, |account| {
+            self.accounts[account as usize].credit_type
+        })
     }
 
     /// The shard-wide state for the checkpoint of the flush just closed.
@@ -202,20 +211,19 @@ impl Shard {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let customers = rows
-            .customers
-            .iter()
-            .enumerate()
-            .map(|(index, bytes)| {
-                postcard::from_bytes::<Customer>(unversioned("customer state", bytes)?).map_err(
-                    |error| {
-                        SnapshotError::Inconsistent(format!(
-                            "customer state of index {index}: {error}"
-                        ))
-                    },
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let customers =
+            rows.customers
+                .iter()
+                .enumerate()
+                .map(|(index, bytes)| {
+                    postcard::from_bytes::<CustomerRow>(unversioned("customer state", bytes)?)
+                        .map_err(|error| {
+                            SnapshotError::Inconsistent(format!(
+                                "customer state of index {index}: {error}"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
         let chunks = rows
             .dedup
             .iter()
@@ -243,7 +251,10 @@ impl Shard {
         let catalog = Catalog::from_parts(parts.catalog)
             .map_err(|error| SnapshotError::Inconsistent(error.to_string()))?;
         let mut customer_index = CustomerIndex::default();
-        for (index, customer) in (0_u32..).zip(&parts.customers) {
+        let mut customers = Vec::with_capacity(parts.customers.len());
+        let mut grant_keys = GrantKeys::default();
+        for (index, row) in (0_u32..).zip(parts.customers) {
+            let (mut customer, accounts, keys) = row.into_parts();
             let id = customer.id.as_str();
             let hash = CustomerIndex::hash(id);
             if customer_index.get(id, hash).is_some() {
@@ -252,13 +263,19 @@ impl Shard {
                     customer.id
                 )));
             }
-            for &(credit_type, account) in &customer.accounts {
-                // The hot path trusts the index's first account to be this customer's.
-                let owned = parts
+            let owned = |account: u32| {
+                parts
                     .accounts
                     .get(account as usize)
-                    .is_some_and(|held| held.customer == index && held.credit_type == credit_type);
-                if !owned {
+                    .is_some_and(|held| held.customer == index)
+            };
+            for &(credit_type, account) in &accounts {
+                // The hot path trusts the index's first account to be this customer's.
+                let listed = parts
+                    .accounts
+                    .get(account as usize)
+                    .is_some_and(|held| held.credit_type == credit_type);
+                if !(listed && owned(account)) {
                     return Err(SnapshotError::Inconsistent(format!(
                         "customer {} lists account {account}, which is not its own",
                         customer.id
@@ -266,15 +283,32 @@ impl Shard {
                 }
             }
             customer_index.insert(customer.id.clone(), hash, index);
-            if let Some(&(_, account)) = customer.accounts.first() {
+            if let Some(&(_, account)) = accounts.first() {
                 customer_index.set_first_account(id, hash, account);
+                customer.first_account = account;
             }
+            if accounts.len() > 1 {
+                customer.details_mut().more_accounts =
+                    accounts[1..].iter().map(|&(_, account)| account).collect();
+            }
+            for (key, made) in keys {
+                if !owned(made.0) {
+                    return Err(SnapshotError::Inconsistent(format!(
+                        "customer {} has grant key {key} on account {}, which is not its own",
+                        customer.id, made.0
+                    )));
+                }
+                grant_keys.insert(index, &mut customer.grant_keys, key, made, |account| {
+                    parts.accounts[account as usize].customer
+                });
+            }
+            customers.push(customer);
         }
         let mut expiries = BTreeSet::new();
         let mut wakeups = BTreeSet::new();
         let mut accounts = parts.accounts;
         for (index, account) in (0_u32..).zip(&accounts) {
-            if account.customer as usize >= parts.customers.len() {
+            if account.customer as usize >= customers.len() {
                 return Err(SnapshotError::Inconsistent(format!(
                     "account {index} names a missing customer"
                 )));
@@ -305,9 +339,10 @@ impl Shard {
             clock: parts.clock,
             batch: parts.batch,
             catalog,
-            customers: parts.customers,
+            customers,
             customer_index,
             accounts,
+            grant_keys,
             dedup: parts.dedup,
             expiries,
             wakeups,
@@ -327,7 +362,7 @@ pub(super) struct Parts {
     pub clock: TimestampMs,
     pub batch: u64,
     pub catalog: CatalogParts,
-    pub customers: Vec<Customer>,
+    pub customers: Vec<CustomerRow>,
     pub accounts: Vec<Account>,
     pub dedup: DedupWindow,
     pub flush_batch: u64,

@@ -9,6 +9,12 @@
 //! so the hot path can start its miss early (`touch`). Open addressing with linear
 //! probing; customers are never removed. Nothing iterates the table, so its order never
 //! reaches an output.
+//!
+//! There is a slot per idle customer too, so the table is kept denser than a power of
+//! two at most half full (64 bytes a customer at 1 M): sizes go up by 1.5× and 4/3×
+//! in turn (16, 24, 32, 48, ..., 2^20, 1.5 · 2^20, 2^21), at most 70 % full, the home
+//! slot found by multiplying the hash into the size (`home`), so no size needs to be a
+//! power of two. At 1 M customers: 1.5 M slots, 64 % full, 50 bytes a customer.
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -38,10 +44,13 @@ struct Slot {
 /// The index.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CustomerIndex {
-    /// A power of two of slots (or none before the first insert), at most half full.
+    /// Slots (none before the first insert), at most [`LOAD_MAX_PERCENT`] full.
     slots: Vec<Slot>,
     len: usize,
 }
+
+/// How full the table may be, in percent: linear probing stays short below it.
+const LOAD_MAX_PERCENT: usize = 70;
 
 impl CustomerIndex {
     /// The hash of a customer id, which decides its home slot. Deterministic.
@@ -50,22 +59,26 @@ impl CustomerIndex {
         xxh3_64(id.as_bytes())
     }
 
+    /// The home slot of `hash`: the hash as a fraction of 2^64, times the size.
     #[inline]
+    // Below the size, which is a usize: the cast never truncates.
+    #[allow(clippy::cast_possible_truncation)]
     fn home(&self, hash: u64) -> usize {
-        // The low bits of a uniform hash; truncation is the point.
-        #[allow(clippy::cast_possible_truncation)]
-        let bits = hash as usize;
-        bits & (self.slots.len() - 1)
+        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
     /// The slot that holds `id`, or the empty one where it would go.
     #[inline]
     fn find(&self, id: &str, hash: u64) -> usize {
-        let mask = self.slots.len() - 1;
         let mut at = self.home(hash);
         loop {
             match &self.slots[at].id {
-                Some(held) if !same_text(held.as_str(), id) => at = (at + 1) & mask,
+                Some(held) if !same_text(held.as_str(), id) => {
+                    at += 1;
+                    if at == self.slots.len() {
+                        at = 0;
+                    }
+                }
                 _ => return at,
             }
         }
@@ -86,7 +99,7 @@ impl CustomerIndex {
 
     /// Adds a customer not yet in the index, with no account.
     pub fn insert(&mut self, id: CustomerId, hash: u64, customer: u32) {
-        if (self.len + 1) * 2 > self.slots.len() {
+        if (self.len + 1) * 100 > self.slots.len() * LOAD_MAX_PERCENT {
             self.grow();
         }
         let at = self.find(id.as_str(), hash);
@@ -118,7 +131,7 @@ impl CustomerIndex {
     }
 
     fn grow(&mut self) {
-        let size = (self.slots.len() * 2).max(16);
+        let size = next_size(self.slots.len());
         let old = std::mem::replace(&mut self.slots, vec![Slot::default(); size]);
         for slot in old {
             if let Some(id) = &slot.id {
@@ -126,6 +139,17 @@ impl CustomerIndex {
                 self.slots[at] = slot;
             }
         }
+    }
+}
+
+/// The size after `size`: 16, then 1.5× from a power of two and 4/3× back to the next.
+fn next_size(size: usize) -> usize {
+    if size < 16 {
+        16
+    } else if size.is_power_of_two() {
+        size / 2 * 3
+    } else {
+        size / 3 * 4
     }
 }
 
@@ -161,5 +185,15 @@ mod tests {
         }
         assert_eq!(index.get("cus_x", CustomerIndex::hash("cus_x")), None);
         assert_eq!(size_of::<Slot>(), 32, "two slots to a cache line");
+        assert!(index.len * 100 <= index.slots.len() * LOAD_MAX_PERCENT);
+        let mut size = 0;
+        let mut sizes = Vec::new();
+        while size < 200 {
+            size = next_size(size);
+            sizes.push(size);
+        }
+        assert_eq!(sizes, [16, 24, 32, 48, 64, 96, 128, 192, 256]);
+        assert_eq!(next_size(1 << 20), 3 << 19);
+        assert_eq!(next_size(3 << 19), 1 << 21);
     }
 }

@@ -3,20 +3,24 @@
 //! give the same effects, byte for byte.
 
 mod admin;
+mod customer;
 mod flush;
+mod grant_keys;
 mod index;
 mod recharge;
 mod snapshot;
 mod usage;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::hint::black_box;
 
 use serde::{Deserialize, Serialize};
 
+pub use customer::{Customer, CustomerDetails, Subscription};
 pub use flush::{ShardRowsRef, encode_fingerprints};
 pub use snapshot::SnapshotError;
 
+use grant_keys::GrantKeys;
 use index::{CustomerEntry, CustomerIndex, NO_ACCOUNT};
 
 use crate::account::Account;
@@ -25,64 +29,20 @@ use crate::dedup::{DedupConfig, DedupWindow};
 use crate::effects::{
     AccountHandle, Effects, EntryKind, LedgerEntry, Outcome, RechargeCommand, Reference,
 };
-use crate::ids::{
-    CreditTypeId, CustomerId, GrantId, IdempotencyKey, PaymentMethodId, PlanId, ProductId,
-};
+use crate::ids::{CreditTypeId, CustomerId, GrantId};
 use crate::input::Input;
 use crate::rejection::Rejection;
 use crate::time::TimestampMs;
+
+/// Changed customers listed before the list is compacted instead of grown (see
+/// `Shard::mark_customer_dirty`).
+const DIRTY_COMPACT_MIN: usize = 1_024;
 
 /// Settings of a shard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardConfig {
     /// The usage-event deduplication window.
     pub dedup: DedupConfig,
-}
-
-/// A customer of this shard.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Customer {
-    /// Its id.
-    pub id: CustomerId,
-    /// Default payment method.
-    pub payment_method: Option<PaymentMethodId>,
-    /// Its accounts: (credit type index, account index).
-    pub(crate) accounts: Vec<(u32, u32)>,
-    /// Number of the next grant.
-    pub(crate) next_grant: u64,
-    /// Rarely used fields, boxed to keep idle customers small.
-    pub(crate) details: Option<Box<CustomerDetails>>,
-}
-
-/// A customer's subscription to a product.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Subscription {
-    /// The plan.
-    pub plan: PlanId,
-    /// When it started.
-    pub started_at: TimestampMs,
-    /// The grant it made.
-    pub grant: GrantId,
-}
-
-/// A customer's rarely used fields.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CustomerDetails {
-    /// Display name.
-    pub name: Option<String>,
-    /// Email.
-    pub email: Option<String>,
-    /// Grant idempotency keys and what they made: (account index, grant).
-    pub(crate) grant_keys: BTreeMap<IdempotencyKey, (u32, GrantId)>,
-    /// Active subscriptions by product.
-    pub subscriptions: BTreeMap<ProductId, Subscription>,
-}
-
-impl Customer {
-    /// Its rarely used fields, if any were set.
-    pub fn details(&self) -> Option<&CustomerDetails> {
-        self.details.as_deref()
-    }
 }
 
 /// One shard's state.
@@ -96,6 +56,8 @@ pub struct Shard {
     /// Customer id → its index and first account.
     customer_index: CustomerIndex,
     accounts: Vec<Account>,
+    /// Grant idempotency keys of every customer.
+    grant_keys: GrantKeys,
     dedup: DedupWindow,
     /// Live grants with an expiry: (expires_at, account, grant). Entries of grants that
     /// were emptied or voided stay until due and are then skipped.
@@ -128,6 +90,7 @@ impl Shard {
             customers: Vec::new(),
             customer_index: CustomerIndex::default(),
             accounts: Vec::new(),
+            grant_keys: GrantKeys::default(),
             dedup: DedupWindow::new(config.dedup, now),
             expiries: BTreeSet::new(),
             wakeups: BTreeSet::new(),
@@ -205,8 +168,25 @@ impl Shard {
             | Input::Flush => return,
         };
         if let Some(index) = self.customer_number(customer.as_str()) {
-            self.dirty_customers.push(index);
+            self.mark_customer_dirty(index);
         }
+    }
+
+    /// Marks a customer changed since the last flush. A command marks its customer twice
+    /// or more (creating it, then for the command), and a flush apart can be millions of
+    /// commands, so repeats in a row are skipped and a full list is compacted (sorted,
+    /// repeats dropped) before it grows: it holds at most twice the customers changed.
+    /// Its order means nothing: the flush and snapshots sort it.
+    fn mark_customer_dirty(&mut self, index: u32) {
+        let dirty = &mut self.dirty_customers;
+        if dirty.last() == Some(&index) {
+            return;
+        }
+        if dirty.len() == dirty.capacity() && dirty.len() >= DIRTY_COMPACT_MIN {
+            dirty.sort_unstable();
+            dirty.dedup();
+        }
+        dirty.push(index);
     }
 
     fn apply_command(
@@ -350,22 +330,34 @@ impl Shard {
     }
 
     fn account_of_customer(&mut self, customer_index: u32, credit_type: u32) -> u32 {
-        let customer = &mut self.customers[customer_index as usize];
-        if let Some(&(_, account)) = customer.accounts.iter().find(|(ct, _)| *ct == credit_type) {
+        let found = self.customers[customer_index as usize]
+            .account_indexes()
+            .find(|&account| self.accounts[account as usize].credit_type == credit_type);
+        if let Some(account) = found {
             return account;
         }
         let account =
             u32::try_from(self.accounts.len()).expect("fewer than 2^32 accounts per shard");
-        customer.accounts.push((credit_type, account));
-        self.dirty_customers.push(customer_index);
-        if customer.accounts.len() == 1 {
+        let customer = &mut self.customers[customer_index as usize];
+        if customer.first_account == NO_ACCOUNT {
+            customer.first_account = account;
             let id = customer.id.as_str();
             self.customer_index
                 .set_first_account(id, CustomerIndex::hash(id), account);
+        } else {
+            customer.details_mut().more_accounts.push(account);
         }
+        self.mark_customer_dirty(customer_index);
         self.accounts
             .push(Account::new(customer_index, credit_type));
         account
+    }
+
+    /// The accounts of a customer, in the order they were opened.
+    pub(super) fn accounts_of_customer(&self, customer_index: u32) -> Vec<u32> {
+        self.customers[customer_index as usize]
+            .account_indexes()
+            .collect()
     }
 
     /// The customer, created on first sight.
@@ -381,15 +373,9 @@ impl Shard {
     fn new_customer(&mut self, id: &CustomerId, hash: u64) -> u32 {
         let index =
             u32::try_from(self.customers.len()).expect("fewer than 2^32 customers per shard");
-        self.customers.push(Customer {
-            id: id.clone(),
-            payment_method: None,
-            accounts: Vec::new(),
-            next_grant: 1,
-            details: None,
-        });
+        self.customers.push(Customer::new(id.clone()));
         self.customer_index.insert(id.clone(), hash, index);
-        self.dirty_customers.push(index);
+        self.mark_customer_dirty(index);
         index
     }
 
@@ -471,11 +457,7 @@ impl Shard {
     /// A customer's accounts, in the order they were opened.
     pub fn accounts_of(&self, customer: &str) -> Vec<AccountHandle> {
         self.customer(customer).map_or_else(Vec::new, |found| {
-            found
-                .accounts
-                .iter()
-                .map(|&(_, account)| AccountHandle(account))
-                .collect()
+            found.account_indexes().map(AccountHandle).collect()
         })
     }
 
@@ -486,10 +468,9 @@ impl Shard {
             .credit_type_index(&CreditTypeId::new(credit_type).ok()?)?;
         let customer = self.customer(customer)?;
         customer
-            .accounts
-            .iter()
-            .find(|(ct, _)| *ct == credit_type)
-            .map(|&(_, account)| AccountHandle(account))
+            .account_indexes()
+            .find(|&account| self.accounts[account as usize].credit_type == credit_type)
+            .map(AccountHandle)
     }
 
     /// Recharge commands in flight, to publish again after a restart (the recharger

@@ -84,6 +84,9 @@ impl Shard {
             ..
         } = self;
         let account = &mut accounts[account_index as usize];
+        if account.auto.is_none() {
+            return;
+        }
         let balance = account.balance();
         let consumed = account.totals().consumed;
         let credit_type = account.credit_type;

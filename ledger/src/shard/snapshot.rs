@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::customer::CustomerRow;
 use super::flush::Parts;
-use super::{Customer, Shard, ShardConfig};
+use super::{Shard, ShardConfig};
 use crate::account::Account;
 use crate::catalog::CatalogParts;
 use crate::dedup::{DedupParts, DedupWindow};
@@ -34,13 +35,41 @@ pub enum SnapshotError {
     Inconsistent(String),
 }
 
-#[derive(Serialize, Deserialize)]
+/// A snapshot as it is written: customers in the shape of their state rows.
+#[derive(Serialize)]
+struct SnapshotV2Ref<'a> {
+    config: ShardConfig,
+    clock: TimestampMs,
+    batch: u64,
+    catalog: CatalogParts,
+    customers: CustomersRef<'a>,
+    accounts: &'a [Account],
+    dedup: DedupParts,
+    flush_batch: u64,
+    flush_number: u64,
+    dirty_accounts: &'a [u32],
+    dirty_customers: Vec<u32>,
+}
+
+/// Every customer's row, made one at a time as the snapshot is written (never all at once).
+struct CustomersRef<'a>(&'a Shard);
+
+impl Serialize for CustomersRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let shard = self.0;
+        let count = u32::try_from(shard.customers.len()).expect("fewer than 2^32 customers");
+        serializer.collect_seq((0..count).map(|index| shard.customer_row(index)))
+    }
+}
+
+/// A snapshot as it is read (see [`SnapshotV2Ref`]).
+#[derive(Deserialize)]
 struct SnapshotV2 {
     config: ShardConfig,
     clock: TimestampMs,
     batch: u64,
     catalog: CatalogParts,
-    customers: Vec<Customer>,
+    customers: Vec<CustomerRow>,
     accounts: Vec<Account>,
     dedup: DedupParts,
     flush_batch: u64,
@@ -60,17 +89,17 @@ impl Shard {
         // Repeats and order of marking do not change what the next flush writes.
         dirty_customers.sort_unstable();
         dirty_customers.dedup();
-        let state = SnapshotV2 {
+        let state = SnapshotV2Ref {
             config: self.config,
             clock: self.clock,
             batch: self.batch,
             catalog: self.catalog.to_parts(),
-            customers: self.customers.clone(),
-            accounts: self.accounts.clone(),
+            customers: CustomersRef(self),
+            accounts: &self.accounts,
             dedup: self.dedup.to_parts(),
             flush_batch: self.flush_batch,
             flush_number: self.flush_number,
-            dirty_accounts: self.dirty_accounts.clone(),
+            dirty_accounts: &self.dirty_accounts,
             dirty_customers,
         };
         let mut bytes = vec![FORMAT_VERSION];

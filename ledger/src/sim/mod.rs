@@ -494,7 +494,8 @@ impl World {
         }
         if !account
             .grants()
-            .is_sorted_by_key(crate::grant::Grant::burn_key)
+            .iter()
+            .is_sorted_by_key(|grant| grant.burn_key())
         {
             return Err((
                 "7 burn-down order",

@@ -210,7 +210,7 @@ impl Workload {
             id: rng.pick(&self.customers).clone(),
             name: None,
             email: None,
-            payment_method: Some(payment_method(*rng.pick(&METHODS))),
+            payment_method: Some(payment_method(rng.pick::<&str>(&METHODS))),
         })]
     }
 
@@ -304,7 +304,9 @@ fn settings_for(
         8 => GrantExpiration::parse("P7D").expect("duration"),
         _ => GrantExpiration::parse("P1M").expect("duration"),
     };
-    let method = rng.chance(300).then(|| payment_method(*rng.pick(&METHODS)));
+    let method = rng
+        .chance(300)
+        .then(|| payment_method(rng.pick::<&str>(&METHODS)));
     Input::SetAutoRecharge {
         customer: customer.clone(),
         credit_type: credit_type(credit_type_id),

@@ -105,7 +105,7 @@ fn thirty_one_calls_trigger_one_recharge_of_31_credits_for_310_cents() {
     assert!(fx_more.commands.is_empty());
     assert_eq!(world.balance(), 17);
 
-    let fx = world.recharge(&[command.clone()]);
+    let fx = world.recharge(std::slice::from_ref(command));
     assert_eq!(world.balance(), 17 + 31);
     let recharge_entry = fx
         .entries

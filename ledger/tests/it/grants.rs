@@ -140,7 +140,7 @@ fn voiding_takes_what_remains_and_only_once() {
         customer: customer("acme"),
         grant: GrantId(1),
     };
-    let fx = shard.apply(now, &[void.clone()]);
+    let fx = shard.apply(now, std::slice::from_ref(&void));
     assert!(
         matches!(fx.outcome_of(0), Some(Outcome::GrantVoided { credits, .. }) if *credits == credits_of(9))
     );
@@ -174,7 +174,7 @@ fn credits_of(whole: i64) -> Credits {
 fn an_idempotency_key_grants_once() {
     let (mut shard, now) = shard_with_customer();
     let request = grant("acme", 10, GrantKind::Paid, None, None, "same");
-    shard.apply(now, &[request.clone()]);
+    shard.apply(now, std::slice::from_ref(&request));
     let fx = shard.apply(now, &[request]);
     assert!(matches!(
         fx.outcome_of(0),
