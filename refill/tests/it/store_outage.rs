@@ -261,3 +261,228 @@ async fn a_store_outage_under_load_loses_nothing_and_the_flush_catches_up() {
     drop(embedded);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The real CQL server (Cassandra, `REFILL_CASSANDRA`) frozen with `SIGSTOP` for 30 s while
+/// usage keeps arriving: every POST is acknowledged (the embedded log holds the events),
+/// `/readyz` stays ready and no shard stops, and after `SIGCONT` the flushes land: the
+/// checkpoints move past everything applied and the `balances` rows in Cassandra equal the
+/// test's own sums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cql_server_frozen_for_30_s_under_load_loses_nothing() {
+    let Ok(cql) = std::env::var("REFILL_CASSANDRA") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "REFILL_CASSANDRA not set under CI (deploy/local/up cassandra starts it)"
+        );
+        println!("skipped: REFILL_CASSANDRA not set (deploy/local/up cassandra starts it)");
+        return;
+    };
+    let pid = cassandra_pid();
+    let dir = std::env::temp_dir().join(format!("refill-cql-freeze-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let embedded = Arc::new(refill_store::embedded::Embedded::open(&dir, 2).expect("embedded"));
+    let keyspace = format!("refill_freeze_{}", std::process::id());
+    let store = tokio::task::spawn_blocking(move || {
+        let store = refill_store_cql::CqlStore::connect(&cql, &keyspace).expect("cql");
+        store.migrate().expect("schema");
+        Arc::new(store)
+    })
+    .await
+    .expect("connect");
+    let accounts = Arc::new(refill_store_cql::CqlAccountStore::new(Arc::clone(&store)));
+    let app = refill::app::start_with(
+        embedded.clone(),
+        embedded.clone(),
+        accounts.clone(),
+        2,
+        KEY.into(),
+        None,
+        refill_ingest::engine::EngineConfig {
+            flush_interval_ms: 200,
+            ..refill_ingest::engine::EngineConfig::default()
+        },
+    )
+    .await
+    .expect("engine starts");
+    let router = app.router.clone();
+    for (path, body) in [
+        (
+            "/v1/credit-types/api-credits",
+            json!({"name": "API credits", "unit_price": {"amount": "0.10", "currency": "USD"}}),
+        ),
+        (
+            "/v1/features/api-call",
+            json!({"name": "API call", "unit": {"singular": "call", "plural": "calls"}, "credit_type": "api-credits", "credits_per_unit": 1}),
+        ),
+    ] {
+        let (status, answer) = call(&router, "PUT", path, Some(body)).await;
+        assert!(status.is_success(), "{path}: {status} {answer}");
+    }
+    let mut sent = 0usize;
+    let send = |router: axum::Router, batch: usize| async move {
+        let events: Vec<Value> = (0..25)
+            .map(|i| {
+                let n = batch * 25 + i;
+                json!({"id": format!("f{n}"), "customer_id": format!("c{}", n % CUSTOMERS), "feature_id": "api-call", "value": 1})
+            })
+            .collect();
+        let started = Instant::now();
+        let (status, answer) =
+            call(&router, "POST", "/v1/events", Some(Value::Array(events))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "batch {batch}: {answer}");
+        started.elapsed()
+    };
+    // Before the freeze: traffic, and a checkpoint in Cassandra that covers it.
+    for _ in 0..10 {
+        send(router.clone(), sent).await;
+        sent += 1;
+    }
+    wait_until_flushed(&app, &accounts, Duration::from_secs(60)).await;
+    let versions_before = checkpoint_versions(&accounts).await;
+    {
+        let _frozen = Frozen::stop(pid);
+        let frozen_at = Instant::now();
+        let mut slowest = Duration::ZERO;
+        while frozen_at.elapsed() < Duration::from_secs(30) {
+            slowest = slowest.max(send(router.clone(), sent).await);
+            sent += 1;
+            if sent % 20 == 0 {
+                let (status, ready) = call(&router, "GET", "/readyz", None).await;
+                assert_eq!(
+                    status,
+                    StatusCode::OK,
+                    "ready while the outage is within its bound: {ready}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            slowest < Duration::from_secs(2),
+            "POSTs are acknowledged from the log while the store is frozen; slowest {slowest:?}"
+        );
+        assert!(
+            app.engine.failures().is_empty(),
+            "no shard stopped: {:?}",
+            app.engine.failures()
+        );
+    }
+    // Thawed: the kept flush lands, the checkpoints move past everything applied.
+    wait_until_flushed(&app, &accounts, Duration::from_secs(120)).await;
+    let versions_after = checkpoint_versions(&accounts).await;
+    assert!(
+        versions_after
+            .iter()
+            .zip(&versions_before)
+            .all(|(after, before)| after > before),
+        "the checkpoints moved after the thaw: {versions_before:?} → {versions_after:?}"
+    );
+    let events = sent * 25;
+    for customer in 0..CUSTOMERS {
+        // Event n went to customer n % CUSTOMERS.
+        let expected = events / CUSTOMERS + usize::from(customer < events % CUSTOMERS);
+        -usize::from(customer >= events % CUSTOMERS && events % CUSTOMERS != 0);
+        let accounts = Arc::clone(&accounts);
+        let rows = tokio::task::spawn_blocking(move || accounts.balances(&format!("c{customer}")))
+            .await
+            .expect("join")
+            .expect("balances from Cassandra");
+        assert_eq!(rows.len(), 1, "c{customer}: {rows:?}");
+        assert_eq!(
+            rows[0].balance_micros,
+            -(i64::try_from(expected).expect("small") * 1_000_000),
+            "c{customer} in Cassandra's balances after {events} events"
+        );
+    }
+    app.engine.stop();
+    drop(app);
+    drop(embedded);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The Cassandra server's pid (exactly one runs here).
+fn cassandra_pid() -> String {
+    let output = std::process::Command::new("pgrep")
+        .args(["-f", "org.apache.cassandra.service.CassandraDaemon"])
+        .output()
+        .expect("pgrep runs");
+    let pids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        pids.len(),
+        1,
+        "expected one Cassandra process to freeze, found {pids:?}"
+    );
+    pids[0].clone()
+}
+
+/// A process stopped with `SIGSTOP` until this is dropped (`SIGCONT`, on panic too).
+struct Frozen(String);
+
+impl Frozen {
+    fn stop(pid: String) -> Self {
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -STOP {pid}");
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0])
+            .status();
+    }
+}
+
+async fn checkpoint_versions(accounts: &Arc<refill_store_cql::CqlAccountStore>) -> Vec<u64> {
+    let accounts = Arc::clone(accounts);
+    tokio::task::spawn_blocking(move || {
+        (0..2)
+            .map(|shard| {
+                accounts
+                    .checkpoint(shard)
+                    .expect("checkpoint")
+                    .map_or(0, |row| row.version)
+            })
+            .collect()
+    })
+    .await
+    .expect("join")
+}
+
+/// Waits until every shard's checkpoint covers what it applied.
+async fn wait_until_flushed(
+    app: &refill::app::App,
+    accounts: &Arc<refill_store_cql::CqlAccountStore>,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let applied = app.engine.applied_offsets();
+        let store = Arc::clone(accounts);
+        let covered = tokio::task::spawn_blocking(move || {
+            (0..2).all(|shard| {
+                store
+                    .checkpoint(shard)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|row| row.log_next == applied[shard as usize])
+            })
+        })
+        .await
+        .expect("join");
+        if covered {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoints cover what was applied within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
