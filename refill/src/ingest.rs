@@ -43,6 +43,68 @@ pub struct IngestArgs {
     /// The admin API key (at least 16 characters).
     #[arg(long, env = "REFILL_API_KEY", hide_env_values = true)]
     api_key: String,
+    #[command(flatten)]
+    retention: RetentionArgs,
+}
+
+/// The retention the topics a shard replays from must have, checked at start by `refill
+/// ingest`, `refill serve --log kafka://` and `refill migrate`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RetentionArgs {
+    /// Shortest retention.ms accepted on refill.usage and the topics a shard replays beside
+    /// it (refill.account-commands, refill.journal), in milliseconds [default: 7 days].
+    /// Checked at start from the topics' actual configuration: each must keep records for
+    /// -1 (unlimited) or at least this, with retention.bytes -1 and cleanup.policy delete,
+    /// else the worker refuses to start and says the `kafka-configs.sh` command that fixes
+    /// it. A shard replays from its newest checkpoint, so this is the longest outage
+    /// (workers or store down) that loses no usage; replay from genesis needs -1.
+    #[arg(long, env = "REFILL_USAGE_RETENTION_MIN_MS",
+          default_value_t = refill_store_kafka::RETENTION_MIN_MS_DEFAULT,
+          hide_default_value = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub usage_retention_min_ms: u64,
+}
+
+impl RetentionArgs {
+    /// Reads the configuration of the topics a shard replays from and fails, saying what
+    /// was found, what is needed and how to fix it, if one could delete records a shard
+    /// still needs.
+    pub fn check(&self, bootstrap: &str, topics: &Topics) -> anyhow::Result<()> {
+        let report = self.report(bootstrap, topics)?;
+        anyhow::ensure!(
+            report.is_ok(),
+            "refusing to start: a topic the shards replay from keeps records too briefly\n{report}"
+        );
+        Ok(())
+    }
+
+    /// The retention of the topics a shard replays from, checked against the rule.
+    pub fn report(
+        &self,
+        bootstrap: &str,
+        topics: &Topics,
+    ) -> anyhow::Result<refill_store_kafka::RetentionReport> {
+        self.report_on(bootstrap, &Self::replayed(topics))
+    }
+
+    /// The topics a shard replays from: usage, account commands, its journal.
+    pub fn replayed(topics: &Topics) -> [&str; 3] {
+        [
+            topics.usage.as_str(),
+            topics.account_commands.as_str(),
+            topics.journal.as_str(),
+        ]
+    }
+
+    /// The retention of `names`, checked against the rule.
+    pub fn report_on(
+        &self,
+        bootstrap: &str,
+        names: &[&str],
+    ) -> anyhow::Result<refill_store_kafka::RetentionReport> {
+        refill_store_kafka::check_retention(bootstrap, names, self.usage_retention_min_ms)
+            .with_context(|| format!("cannot read the configuration of {names:?}"))
+    }
 }
 
 /// Runs the worker until SIGTERM or Ctrl-C (leaving the group cleanly), or until the intake
@@ -63,9 +125,11 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<()> {
 async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
     let metrics = crate::serve::install_metrics()?;
     refill_ingest::describe_metrics();
+    refill_ingest::intake::describe_metrics();
     let topics = Topics::with_prefix(&args.topic_prefix);
     let partitions = refill_store_kafka::partition_count(&args.kafka, &topics.usage)
         .with_context(|| format!("cannot read the partitions of {}", topics.usage))?;
+    args.retention.check(&args.kafka, &topics)?;
     let journal = KafkaLog::connect(&args.kafka, &topics.journal, partitions)
         .with_context(|| format!("cannot use the journal topic {}", topics.journal))?;
     let store = refill::app::open_cql_store(&args.store, &args.keyspace)?;

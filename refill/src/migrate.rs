@@ -1,5 +1,6 @@
 //! `refill migrate`: applies the Kafka topic settings (`deploy/kafka/topics.toml`) and the
-//! CQL schema (`deploy/cql/schema.cql`), idempotently, and reports what it did.
+//! CQL schema (`deploy/cql/schema.cql`), idempotently, and reports what it did, then checks
+//! the retention of the topics the shards replay from as `refill ingest` does at start.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,10 @@ pub struct MigrateArgs {
     /// The CQL keyspace to create.
     #[arg(long, env = "REFILL_KEYSPACE", default_value = refill::app::CQL_KEYSPACE)]
     keyspace: String,
+    // The retention the topics a shard replays from must have, checked after the topics are
+    // applied (as `refill ingest` checks it at start).
+    #[command(flatten)]
+    retention: crate::ingest::RetentionArgs,
 }
 
 /// Applies what was asked; fails when nothing was.
@@ -43,10 +48,22 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<()> {
                 )
             })?;
         println!("{report}");
+        // The replayed topics the file has (a file of other topics has nothing to check).
+        let topics = refill_store_kafka::Topics::with_prefix(&args.topic_prefix);
+        let replayed: Vec<&str> = crate::ingest::RetentionArgs::replayed(&topics)
+            .into_iter()
+            .filter(|name| specs.iter().any(|spec| spec.name == *name))
+            .collect();
+        let retention = args.retention.report_on(bootstrap, &replayed)?;
+        println!("{retention}");
         anyhow::ensure!(
             report.is_clean(),
             "some topics differ from {}; see above",
             args.topics.display()
+        );
+        anyhow::ensure!(
+            retention.is_ok(),
+            "some topics the shards replay from keep records too briefly; see above"
         );
     }
     if let Some(address) = &args.cql {

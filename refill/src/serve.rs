@@ -41,6 +41,9 @@ pub struct ServeArgs {
     #[arg(long, env = "REFILL_FLUSH_INTERVAL_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     flush_interval_ms: u64,
+    // On Kafka only: the retention check of the topics the shards replay from.
+    #[command(flatten)]
+    retention: crate::ingest::RetentionArgs,
 }
 
 /// Runs the engine until SIGTERM or Ctrl-C.
@@ -110,6 +113,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let key = api_key(args)?;
     let metrics = install_metrics()?;
     refill_ingest::describe_metrics();
+    refill_ingest::intake::describe_metrics();
     let kafka = args.log.strip_prefix("kafka://");
     let shards = match (kafka, args.shards) {
         (None, shards) => shards.unwrap_or(2),
@@ -119,6 +123,8 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 refill_store_kafka::partition_count(bootstrap, usage).with_context(|| {
                     format!("cannot read the partitions of {usage} (has `refill migrate` run?)")
                 })?;
+            args.retention
+                .check(bootstrap, &refill_store_kafka::Topics::default())?;
             anyhow::ensure!(
                 shards.is_none_or(|shards| shards == partitions),
                 "expected --shards to match the {partitions} partitions of {usage} (one shard \

@@ -12,11 +12,15 @@
 //! source partition and offset before the batch that moves past it is appended; it never
 //! blocks its partition.
 //!
+//! Consumer lag per owned partition is the gauge `refill_ingest_lag_records` (`lag.rs`),
+//! measured off the poll loop.
+//!
 //! Crash-only: when the journal append or the dead-letter send fails, or a shard cannot be
 //! restored, the intake stops with the error (the process exits, the group moves its
 //! partitions on, and the next owner resumes from the journal). Nothing is skipped.
 
 mod forward;
+mod lag;
 mod record;
 mod sink;
 
@@ -37,6 +41,17 @@ use crate::engine::{Engine, EngineError, SourceMarks};
 pub use forward::AccountCommandForwarder;
 pub use record::{Rejected, usage_from_record};
 pub use sink::spawn_command_sink;
+
+/// Registers the help text of the intake's metrics (Prometheus `# HELP`), beside
+/// [`crate::describe_metrics`].
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        lag::LAG_GAUGE,
+        metrics::Unit::Count,
+        "Consumer lag per owned partition of refill.usage: its high watermark minus the next \
+         offset the shard will read (0 for a partition this worker gave up)."
+    );
+}
 
 /// Why the intake stopped.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +230,7 @@ impl ConsumerContext for IntakeContext {
                 let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
                 for &partition in &revoked {
                     shared.slots.remove(&partition);
+                    lag::set_lag(partition, 0);
                     commands.add_partition(&self.topics.account_commands, partition as i32);
                 }
             }
@@ -240,6 +256,7 @@ impl ConsumerContext for IntakeContext {
                 let started = Instant::now();
                 match self.engine.acquire(partition) {
                     Ok(marks) => {
+                        self.report_lag(partition, marks.usage_next);
                         let offset = i64::try_from(marks.commands_next).unwrap_or(i64::MAX);
                         let _ = commands.add_partition_offset(
                             &self.topics.account_commands,
@@ -291,6 +308,25 @@ impl IntakeContext {
             .collect()
     }
 
+    /// The lag of a partition just taken, at once (the lag thread measures it from then on):
+    /// a backlog shows from the moment its shard owns it. Asked through the commands
+    /// consumer, a client of its own, never inside the group consumer's callback.
+    fn report_lag(&self, partition: u32, next: u64) {
+        let Ok(id) = i32::try_from(partition) else {
+            return;
+        };
+        match self
+            .commands
+            .fetch_watermarks(&self.topics.usage, id, lag::WATERMARK_TIMEOUT)
+        {
+            Ok((_, high)) => lag::set_lag(partition, lag::lag_records(high, next)),
+            Err(error) => eprintln!(
+                "intake: watermarks of {} partition {partition}: {error}",
+                self.topics.usage
+            ),
+        }
+    }
+
     fn fail(&self, error: IntakeError) {
         eprintln!("intake: {error}");
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -306,6 +342,8 @@ struct Pump {
     shared: Arc<Mutex<Shared>>,
     dead_letters: DeadLetters,
     partitions: u32,
+    /// Measures the lag while the pump runs; dropped (stopped) with it.
+    _lag: lag::LagReporter,
 }
 
 impl Pump {
@@ -340,7 +378,10 @@ impl Pump {
             .map_err(|error| kafka("subscribing to the usage topic", error))?;
         let dead_letters = DeadLetters::connect_to(&config.bootstrap, &config.topics.dlq, &[])
             .map_err(|error| IntakeError::Kafka(error.to_string()))?;
+        let lag =
+            lag::LagReporter::spawn(&config.bootstrap, &config.topics.usage, Arc::clone(&shared))?;
         Ok(Pump {
+            _lag: lag,
             partitions: engine.shards(),
             engine,
             config,

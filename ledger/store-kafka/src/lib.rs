@@ -1,6 +1,7 @@
 //! Refill's storage over Apache Kafka: the [`Log`](refill_store::Log) port over one Kafka
 //! topic ([`KafkaLog`]), the topic settings of the Kafka contract and the code that applies
-//! them ([`apply_topics`], what `refill migrate` calls), and the dead-letter helper
+//! them ([`apply_topics`], what `refill migrate` calls), the retention rule of the topics a
+//! shard replays from ([`check_retention`], checked at start), and the dead-letter helper
 //! ([`DeadLetters`]) that parks rejected records on `refill.usage.dlq` with their reason.
 //!
 //! Everything here is blocking, like the ports: it runs librdkafka (bundled, 2.12.x, through
@@ -18,6 +19,7 @@
 mod client;
 mod dlq;
 mod log;
+mod retention;
 mod roles;
 mod topics;
 
@@ -29,6 +31,9 @@ pub use log::{KafkaLog, LogSettings};
 /// The Kafka client this crate is built on (0.39, bundled librdkafka 2.12), for callers
 /// that hand it messages ([`DeadLetters::send_message_to_dlq`]).
 pub use rdkafka;
+pub use retention::{
+    RETENTION_MIN_MS_DEFAULT, RetentionProblem, RetentionReport, TopicRetention, check_retention,
+};
 pub use roles::{
     assign_consumer_config, content_type_headers, group_consumer_config, keyed_producer_config,
     partition_count,

@@ -562,6 +562,29 @@ mod tests {
     }
 
     #[test]
+    fn the_topics_a_shard_replays_from_are_made_to_pass_the_retention_rule() {
+        let specs = contract();
+        for log in [
+            crate::USAGE_TOPIC,
+            crate::ACCOUNT_COMMANDS_TOPIC,
+            crate::JOURNAL_TOPIC,
+        ] {
+            let s = spec(&specs, log);
+            let as_made = crate::TopicRetention {
+                topic: s.name.clone(),
+                cleanup_policy: s.setting("cleanup.policy").unwrap_or("(unset)").to_owned(),
+                retention_ms: s.setting("retention.ms").unwrap_or("(unset)").to_owned(),
+                retention_bytes: s.setting("retention.bytes").unwrap_or("(unset)").to_owned(),
+            };
+            let problems = as_made.problems(crate::RETENTION_MIN_MS_DEFAULT);
+            assert!(
+                problems.is_empty(),
+                "expected {log} as the file makes it to pass the retention rule, found {problems:?}"
+            );
+        }
+    }
+
+    #[test]
     fn parse_rejects_what_it_cannot_apply() {
         let cases = [
             ("", "at least one [[topic]]"),

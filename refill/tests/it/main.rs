@@ -1,8 +1,9 @@
 //! Integration tests of the whole engine: the HTTP contract on an in-process server, and
 //! `kill -9` of the real binary, and the `refill recharger` process killed after a charge
-//! on the real Kafka and Cassandra.
+//! on the real Kafka and Cassandra, and the Kafka topics' retention check and lag gauge.
 
 mod ingest_kafka;
+mod kafka_retention_lag;
 mod kill9;
 mod recharger_kill;
 mod store_outage;
