@@ -132,9 +132,19 @@ async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
     args.retention.check(&args.kafka, &topics)?;
     let journal = KafkaLog::connect(&args.kafka, &topics.journal, partitions)
         .with_context(|| format!("cannot use the journal topic {}", topics.journal))?;
-    let store = refill::app::open_cql_store(&args.store, &args.keyspace)?;
+    // Off the async threads: the CQL driver's own runtime may not be dropped on one, which
+    // a connection that fails (an unreachable --store) would otherwise do, as a panic.
+    let (store, accounts) = {
+        let (url, keyspace) = (args.store.clone(), args.keyspace.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let store = refill::app::open_cql_store(&url, &keyspace)?;
+            let accounts = refill::app::account_store_for(&url, &keyspace, &store)?;
+            Ok((store, accounts))
+        })
+        .await
+        .context("the task opening the store stopped")??
+    };
     let (commands, command_receiver) = refill_ingest::engine::command_channel();
-    let accounts = refill::app::account_store_for(&args.store, &args.keyspace, &store)?;
     let engine = Engine::create(
         Arc::new(journal),
         store,
