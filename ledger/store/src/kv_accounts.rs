@@ -31,6 +31,8 @@ pub const CHECKPOINTS: &str = "checkpoints";
 const VALUE_FORMAT: u8 = 1;
 /// Rows read per scan call.
 const SCAN_PAGE: usize = 4096;
+/// Rows of a flush per store write (the checkpoint goes in a write of its own, last).
+pub const FLUSH_WRITE_ROWS_MAX: usize = 16_384;
 
 /// The account-state tables over the key-value store `S`.
 pub struct KvAccountStore<S> {
@@ -572,6 +574,12 @@ impl<S: Store> AccountStore for KvAccountStore<S> {
                 value: Encoder::new().bytes(&row.fingerprints).finish(),
             });
         }
+        // The rows go in bounded writes (each atomic and durable), so a large flush does not
+        // hold the store's group commit, and the log appends behind it, for its whole
+        // length; what the last complete checkpoint needs is never overwritten by them (the
+        // slots, see `accounts`). The stale dedup chunks and the checkpoint go last, in one
+        // write: a chunk is dropped only with the checkpoint that no longer needs it.
+        let mut last = Vec::new();
         if let Some(checkpoint) = &flush.checkpoint {
             // Chunks of generations the window forgot: the keys below the first live one,
             // looked for only when the live minimum moved past what was dropped before.
@@ -584,22 +592,24 @@ impl<S: Store> AccountStore for KvAccountStore<S> {
                 .copied();
             if known.is_none_or(|below| checkpoint.dedup_generation_min > below) {
                 for key in self.stale_dedup_keys(shard, checkpoint.dedup_generation_min)? {
-                    writes.push(Write::Delete {
+                    last.push(Write::Delete {
                         table: DEDUP_CHUNKS,
                         key,
                     });
                 }
             }
-            // One write batch is atomic on the key-value store: the checkpoint lands with
-            // its rows or not at all (the slots keep the CQL store, which has no such
-            // batch, just as safe).
-            writes.push(Write::Put {
+            last.push(Write::Put {
                 table: CHECKPOINTS,
                 key: shard.to_be_bytes().to_vec(),
                 value: encode_checkpoint(checkpoint),
             });
         }
-        self.store.write(writes)?;
+        let mut rows = writes.into_iter().peekable();
+        while rows.peek().is_some() {
+            self.store
+                .write(rows.by_ref().take(FLUSH_WRITE_ROWS_MAX).collect())?;
+        }
+        self.store.write(last)?;
         if let Some(checkpoint) = &flush.checkpoint {
             self.dropped_below
                 .lock()
