@@ -286,7 +286,21 @@ async fn login(State(api): State<Api>, request: Request) -> Response {
             );
         }
     };
+    if let Some(wait) = api.login_throttle.wait() {
+        // Refused before the key is compared: a guess while closed learns nothing.
+        let seconds = wait.as_secs().max(1);
+        let mut response = login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("too many wrong API keys in the last minute: try again shortly"),
+        );
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
     if !same_key(key.as_bytes(), api.api_key.as_bytes()) {
+        api.login_throttle.failed();
+        metrics::counter!("refill_console_login_failures_total").increment(1);
         return login_page(StatusCode::UNAUTHORIZED, Some("wrong API key"));
     }
     let Ok(token) = api.sessions.create() else {

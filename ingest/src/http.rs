@@ -90,6 +90,8 @@ pub struct Api {
     pub(crate) api_key: Arc<String>,
     /// The console's login sessions (per process: a login holds on the worker that made it).
     pub(crate) sessions: Arc<crate::console::Sessions>,
+    /// Wrong console keys of late (a guesser is slowed to a few tries a minute).
+    pub(crate) login_throttle: Arc<crate::login_throttle::LoginThrottle>,
     charger: Arc<dyn Charger>,
     limits: ApiLimits,
     features: Arc<RwLock<Option<HashSet<String>>>>,
@@ -114,6 +116,7 @@ impl Api {
             engine,
             api_key: Arc::new(api_key),
             sessions: Arc::new(crate::console::Sessions::default()),
+            login_throttle: Arc::new(crate::login_throttle::LoginThrottle::default()),
             charger,
             limits,
             features: Arc::new(RwLock::new(features)),

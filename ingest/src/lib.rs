@@ -6,6 +6,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod intake;
+pub mod login_throttle;
 pub mod num;
 pub mod openapi;
 pub mod page;
@@ -17,6 +18,10 @@ pub mod wire;
 /// Registers the help text of every metric the engine exports (Prometheus `# HELP`).
 pub fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "refill_console_login_failures_total",
+        "Console logins with a wrong API key (20 a minute close the login for the rest of it)."
+    );
     describe_counter!(
         "refill_ingest_reads_refused_total",
         "Reads refused because a shard's request queue was full (HTTP 503, busy)."

@@ -663,6 +663,31 @@ async fn every_route_in_the_openapi_document_is_served() {
     client.app.engine.stop();
 }
 
+/// Wrong console keys are throttled: after 20 in a minute every login answers 429 with
+/// `Retry-After`, the right key included, and no session is made; the API's Bearer key
+/// still works.
+#[tokio::test]
+async fn wrong_console_keys_are_throttled() {
+    let client = Client::start("throttle").await;
+    for attempt in 0..refill_ingest::login_throttle::LOGIN_FAILURES_MAX {
+        let (status, _, _) = client
+            .browse("POST", "/console/login", &[], Some("key=wrong-key"))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    let (status, headers, body) = client
+        .browse("POST", "/console/login", &[], Some(&format!("key={KEY}")))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(headers.get(header::SET_COOKIE).is_none());
+    let retry_after: u64 = header_text(&headers, header::RETRY_AFTER)
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // The API's Bearer key is not throttled: the catalog's writes succeed.
+    catalog(&client).await;
+}
+
 /// The same worked example with the shards' journal on real Kafka and the store on a real
 /// CQL server (Cassandra here), after `refill migrate`'s schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
