@@ -346,7 +346,7 @@ async fn the_cql_server_frozen_for_30_s_under_load_loses_nothing() {
         while frozen_at.elapsed() < Duration::from_secs(30) {
             slowest = slowest.max(send(router.clone(), sent).await);
             sent += 1;
-            if sent % 20 == 0 {
+            if sent.is_multiple_of(20) {
                 let (status, ready) = call(&router, "GET", "/readyz", None).await;
                 assert_eq!(
                     status,
