@@ -1,3 +1,4 @@
 //! The wiring of Refill's engine, shared by the `refill` binary and its tests.
 
 pub mod app;
+pub mod replay;

@@ -45,6 +45,13 @@ enum Command {
     /// A failure prints the seed, the step and the first broken invariant; `--seed S`
     /// replays exactly that run.
     Simulate(simulate::SimulateArgs),
+    /// Rebuild every shard in memory from the log of an embedded data folder (read-only:
+    /// nothing is written, no gateway is called) and print what it applied; `--verify`
+    /// compares balances, checkpoint state, ledger entries and recharge attempts with the
+    /// store and exits 1 listing the differences.
+    ///
+    /// Exit codes: 0 equal (or no --verify), 1 differences found, 2 cannot run (bad input).
+    Replay(refill::replay::ReplayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Command::Recharger(args) => recharger::run(&args),
         Command::Migrate(args) => migrate::run(&args),
         Command::Simulate(args) => simulate::run(&args),
+        Command::Replay(args) => std::process::exit(refill::replay::main(&args)),
     }
 }
