@@ -7,13 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::Request;
-use http_body_util::BodyExt;
 use refill_store::embedded::Embedded;
 use refill_store::{AccountStore, Flush, KvAccountStore};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const KEY: &str = "test-key-0123456789";
 
@@ -40,22 +36,7 @@ impl Drop for TempDir {
 }
 
 async fn call(router: &axum::Router, method: &str, path: &str, body: Option<Value>) -> Value {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {KEY}"))
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Body::empty, |body| Body::from(body.to_string())))
-        .expect("request");
-    let response = router.clone().oneshot(request).await.expect("answer");
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let answer = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let (status, answer) = crate::store_outage::call(router, method, path, body).await;
     assert!(status.is_success(), "{method} {path}: {status} {answer}");
     answer
 }

@@ -71,7 +71,7 @@ impl AccountStore for Switched {
     }
 }
 
-async fn call(
+pub(crate) async fn call(
     router: &axum::Router,
     method: &str,
     path: &str,
@@ -96,6 +96,23 @@ async fn call(
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
+}
+
+/// The credit type and feature every test here bills against.
+async fn put_catalog(router: &axum::Router) {
+    for (path, body) in [
+        (
+            "/v1/credit-types/api-credits",
+            json!({"name": "API credits", "unit_price": {"amount": "0.10", "currency": "USD"}}),
+        ),
+        (
+            "/v1/features/api-call",
+            json!({"name": "API call", "unit": {"singular": "call", "plural": "calls"}, "credit_type": "api-credits", "credits_per_unit": 1}),
+        ),
+    ] {
+        let (status, answer) = call(router, "PUT", path, Some(body)).await;
+        assert!(status.is_success(), "{path}: {status} {answer}");
+    }
 }
 
 fn config() -> refill_ingest::engine::EngineConfig {
@@ -129,19 +146,7 @@ async fn a_store_outage_under_load_loses_nothing_and_the_flush_catches_up() {
     .await
     .expect("engine starts");
     let router = app.router.clone();
-    for (path, body) in [
-        (
-            "/v1/credit-types/api-credits",
-            json!({"name": "API credits", "unit_price": {"amount": "0.10", "currency": "USD"}}),
-        ),
-        (
-            "/v1/features/api-call",
-            json!({"name": "API call", "unit": {"singular": "call", "plural": "calls"}, "credit_type": "api-credits", "credits_per_unit": 1}),
-        ),
-    ] {
-        let (status, answer) = call(&router, "PUT", path, Some(body)).await;
-        assert!(status.is_success(), "{path}: {status} {answer}");
-    }
+    put_catalog(&router).await;
     // The store goes down; producers keep sending (not waiting for the apply).
     store.down.store(true, Ordering::SeqCst);
     let batches = 40;
@@ -305,19 +310,7 @@ async fn the_cql_server_frozen_for_30_s_under_load_loses_nothing() {
     .await
     .expect("engine starts");
     let router = app.router.clone();
-    for (path, body) in [
-        (
-            "/v1/credit-types/api-credits",
-            json!({"name": "API credits", "unit_price": {"amount": "0.10", "currency": "USD"}}),
-        ),
-        (
-            "/v1/features/api-call",
-            json!({"name": "API call", "unit": {"singular": "call", "plural": "calls"}, "credit_type": "api-credits", "credits_per_unit": 1}),
-        ),
-    ] {
-        let (status, answer) = call(&router, "PUT", path, Some(body)).await;
-        assert!(status.is_success(), "{path}: {status} {answer}");
-    }
+    put_catalog(&router).await;
     let mut sent = 0usize;
     let send = |router: axum::Router, batch: usize| async move {
         let events: Vec<Value> = (0..25)
